@@ -305,12 +305,13 @@ def select_leads(signal, have_leads, want_leads):
     return selected
 
 
-def find_records(directory):
+def find_records(directory, recursive=False):
     """Header paths of the records in directory, and what is wrong with the rest: (header_paths, problems).
 
-    Same rule as helper_code.find_challenge_files (visible `X.hea` with `X.mat` beside it, sorted by file name,
-    not recursive), but a header without its .mat, or a .mat without its header, is listed in problems as
-    `path: problem` instead of being dropped silently.
+    Same rule as helper_code.find_challenge_files (visible `X.hea` with `X.mat` beside it, sorted by file name),
+    but a header without its .mat, or a .mat without its header, is listed in problems as `path: problem`
+    instead of being dropped silently. recursive=True also walks sub-folders (the public 2021 training data
+    unpacks into one folder per source database), visiting folders in sorted order.
     """
     try:
         names = sorted(os.listdir(directory))
@@ -322,9 +323,14 @@ def find_records(directory):
     header_paths, problems = [], []
     for name in names:
         root, extension = os.path.splitext(name)
+        path = os.path.join(directory, name)
+        if recursive and not name.startswith(".") and os.path.isdir(path):
+            sub_headers, sub_problems = find_records(path, recursive=True)
+            header_paths += sub_headers
+            problems += sub_problems
+            continue
         if root.startswith(".") or extension not in (".hea", ".mat"):
             continue
-        path = os.path.join(directory, name)
         if extension == ".hea":
             if root + ".mat" in present and os.path.isfile(os.path.join(directory, root + ".mat")):
                 header_paths.append(path)

@@ -316,6 +316,18 @@ def test_find_records_reports_unpaired_files(tmp_path):
         records.find_records(str(tmp_path / "missing"))
 
 
+def test_find_records_recursive_walks_source_folders(tmp_path):
+    for name in ["cpsc/A1.hea", "cpsc/A1.mat", "georgia/g1/E1.hea", "georgia/g1/E1.mat", "top.hea", "top.mat",
+                 "georgia/g1/E2.hea", ".hidden/X.hea", ".hidden/X.mat"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    flat, _ = records.find_records(str(tmp_path))
+    assert flat == [str(tmp_path / "top.hea")]
+    nested, problems = records.find_records(str(tmp_path), recursive=True)
+    assert nested == [str(tmp_path / "cpsc/A1.hea"), str(tmp_path / "georgia/g1/E1.hea"), str(tmp_path / "top.hea")]
+    assert problems == [f"{tmp_path / 'georgia/g1/E2.hea'}: header has no recording file E2.mat"]
+
+
 # --- the 50 real sample records ---
 
 def test_sample_records(sample_dir):

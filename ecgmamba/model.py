@@ -1,0 +1,315 @@
+"""The 1D-CNN + bidirectional Mamba ECG classifier.
+
+Layout (after ECG-Mamba and Vision Mamba "bimamba v2"):
+
+    signal (B, leads, samples)
+      -> CNN stem: two Conv1d + BatchNorm + ReLU layers  -> tokens (B, L, d_model)
+      -> class token (middle as in Vim, or end as in ECG-Mamba-V2) + learned position embedding
+      -> depth x Block: residual stream kept in float32, RMSNorm, BiMamba mixer, drop-path
+      -> final RMSNorm -> class-token feature (or mean over tokens) -> Linear -> one logit per class
+
+The BiMamba mixer runs the same selective-state-space branch twice, once on the sequence and once on the flipped
+sequence with its own weights (`*_b`), and adds the two. The scan and the causal conv use mamba-ssm's and
+causal-conv1d's CUDA kernels when those are installed and the tensors are on a GPU, and pure PyTorch otherwise;
+the parameter names are the same on both paths, so one checkpoint serves both.
+"""
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ecgmamba.selective_scan import selective_scan_fn
+
+
+@dataclass
+class ModelConfig:
+    num_leads: int = 12
+    num_classes: int = 26
+    num_samples: int = 8192          # window length the position embedding is sized for
+    d_model: int = 384
+    depth: int = 24
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    stem_channels: int = 128
+    # Conv stem (kernel, stride, padding) per layer: the paper's 12x8192 -> 729 tokens.
+    stem_kernels: tuple = (14, 15)
+    stem_strides: tuple = (3, 4)
+    stem_paddings: tuple = (2, 100)
+    cls_token: str = "middle"        # "middle" (Vim), "end" (ECG-Mamba-V2) or "none" (mean pooling)
+    divide_out: bool = True          # Vim halves the sum of both directions; ECG-Mamba-V2 does not
+    drop_path: float = 0.1
+    dropout: float = 0.0             # on the pooled feature, before the head
+
+    def to_dict(self):
+        d = asdict(self)
+        for key in ("stem_kernels", "stem_strides", "stem_paddings"):
+            d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        d = dict(d)
+        for key in ("stem_kernels", "stem_strides", "stem_paddings"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+# Presets. `paper`: the published architecture (Vim-small width and depth, 500 Hz, 8192 samples).
+# `small`: trains on 2 CPU cores in minutes (250 Hz, 2048 samples ~ 8.2 s -> 169 tokens).
+PRESETS = {
+    "paper": dict(num_samples=8192, d_model=384, depth=24, stem_channels=128,
+                  stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 100)),
+    "small": dict(num_samples=2048, d_model=128, depth=4, stem_channels=64,
+                  stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 7), drop_path=0.05),
+}
+PRESET_SAMPLING_RATES = {"paper": 500, "small": 250}
+
+
+def preset_config(name, **overrides):
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+def stem_output_length(config, num_samples=None):
+    length = config.num_samples if num_samples is None else num_samples
+    for k, s, p in zip(config.stem_kernels, config.stem_strides, config.stem_paddings):
+        length = (length + 2 * p - k) // s + 1
+    return length
+
+
+def _load_causal_conv1d():
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except (ImportError, OSError, RuntimeError):
+        return None
+    return causal_conv1d_fn
+
+
+_causal_conv1d_fn = None
+_causal_conv1d_checked = False
+
+
+def causal_conv1d_silu(x, weight, bias):
+    """Depthwise causal conv over time then SiLU; x (B, D, L), weight (D, 1, K)."""
+    global _causal_conv1d_fn, _causal_conv1d_checked
+    if x.is_cuda:
+        if not _causal_conv1d_checked:
+            _causal_conv1d_fn, _causal_conv1d_checked = _load_causal_conv1d(), True
+        if _causal_conv1d_fn is not None:
+            return _causal_conv1d_fn(x, weight.squeeze(1), bias, activation="silu")
+    kernel = weight.shape[-1]
+    y = F.conv1d(x, weight, bias, padding=kernel - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    return F.silu(y)
+
+
+def _at_least_fp32(t):
+    """SSM parameters enter the scan in float32 (as in Mamba) even under bf16 autocast; float64 stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+class BiMamba(nn.Module):
+    """Vim's bidirectional Mamba mixer ("bimamba v2"): one in_proj, two SSM branches, one out_proj."""
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank=None, divide_out=True,
+                 dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.divide_out = divide_out
+        d_inner = self.d_inner
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        for suffix in ("", "_b"):
+            conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True)
+            x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+            dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+            # dt initialised log-uniform in [dt_min, dt_max]; the bias holds softplus^-1(dt) (as in Mamba).
+            nn.init.uniform_(dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+            dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=dt_init_floor)
+            with torch.no_grad():
+                dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            dt_proj.bias._no_reinit = True
+            A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+            A_log = nn.Parameter(torch.log(A))
+            A_log._no_weight_decay = True
+            D = nn.Parameter(torch.ones(d_inner))
+            D._no_weight_decay = True
+            setattr(self, "conv1d" + suffix, conv)
+            setattr(self, "x_proj" + suffix, x_proj)
+            setattr(self, "dt_proj" + suffix, dt_proj)
+            # Vim names the backward decay "A_b_log" (not "A_log_b"); keep its names so checkpoints map 1:1.
+            setattr(self, "A_b_log" if suffix else "A_log", A_log)
+            setattr(self, "D" + suffix, D)
+
+    def branch(self, x, z, direction):
+        """One selective-SSM branch on (B, D, L) inputs; direction "forward" or "backward" picks the weights."""
+        suffix = "" if direction == "forward" else "_b"
+        conv = getattr(self, "conv1d" + suffix)
+        x_proj = getattr(self, "x_proj" + suffix)
+        dt_proj = getattr(self, "dt_proj" + suffix)
+        A_log = self.A_log if direction == "forward" else self.A_b_log
+        D = getattr(self, "D" + suffix)
+
+        batch, _, length = x.shape
+        x = causal_conv1d_silu(x, conv.weight, conv.bias)
+        x_dbl = x_proj(x.transpose(1, 2))                              # (B, L, dt_rank + 2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (dt @ dt_proj.weight.t()).transpose(1, 2)               # (B, D, L); bias goes in the scan
+        A = -torch.exp(_at_least_fp32(A_log))
+        return selective_scan_fn(
+            x, delta, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), _at_least_fp32(D),
+            z=z, delta_bias=_at_least_fp32(dt_proj.bias), delta_softplus=True,
+        )
+
+    def forward(self, hidden_states):
+        """hidden_states (B, L, d_model) -> (B, L, d_model)."""
+        xz = self.in_proj(hidden_states).transpose(1, 2)               # (B, 2*D, L)
+        x, z = xz.chunk(2, dim=1)
+        out = self.branch(x, z, "forward")
+        out_b = self.branch(x.flip(-1), z.flip(-1), "backward").flip(-1)
+        y = out + out_b
+        if self.divide_out:
+            y = y / 2
+        return self.out_proj(y.transpose(1, 2))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample during training."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype)
+        return x * keep.bernoulli_(1 - self.p) / (1 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block; returns (mixer output, residual) like Vim, residual kept in float32."""
+
+    def __init__(self, config, drop_path):
+        super().__init__()
+        self.norm = nn.RMSNorm(config.d_model, eps=1e-5)
+        self.mixer = BiMamba(config.d_model, config.d_state, config.d_conv, config.expand,
+                             divide_out=config.divide_out)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, hidden_states, residual=None):
+        residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
+        residual = residual.float()
+        hidden_states = self.norm(residual.to(self.norm.weight.dtype))
+        return self.mixer(hidden_states), residual
+
+
+class ECGMamba(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        c = config
+        stem, in_ch = [], c.num_leads
+        out_chs = [c.stem_channels] * (len(c.stem_kernels) - 1) + [c.d_model]
+        for out_ch, k, s, p in zip(out_chs, c.stem_kernels, c.stem_strides, c.stem_paddings):
+            stem += [nn.Conv1d(in_ch, out_ch, k, stride=s, padding=p, bias=False), nn.BatchNorm1d(out_ch), nn.ReLU()]
+            in_ch = out_ch
+        self.stem = nn.Sequential(*stem)
+        self.num_tokens = stem_output_length(c)
+        if self.num_tokens < 1:
+            raise ValueError(f"window of {c.num_samples} samples is too short for the stem")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model)) if c.cls_token != "none" else None
+        if c.cls_token not in ("middle", "end", "none"):
+            raise ValueError(f"cls_token must be 'middle', 'end' or 'none', not {c.cls_token!r}")
+        extra = 0 if self.cls_token is None else 1
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens + extra, c.d_model))
+        rates = torch.linspace(0, c.drop_path, c.depth).tolist()
+        self.layers = nn.ModuleList(Block(c, rate) for rate in rates)
+        self.norm_f = nn.RMSNorm(c.d_model, eps=1e-5)
+        self.dropout = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.d_model, c.num_classes)
+        self._init_weights()
+
+    def _init_weights(self):
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and not getattr(module.bias, "_no_reinit", False):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv1d) and module.groups == 1:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        # Rescale each residual branch's last projection by 1/sqrt(depth) (GPT-2 / Mamba practice).
+        for layer in self.layers:
+            nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
+            with torch.no_grad():
+                layer.mixer.out_proj.weight /= math.sqrt(self.config.depth)
+
+    def token_position(self, num_tokens):
+        if self.cls_token is None:
+            return None
+        return num_tokens // 2 if self.config.cls_token == "middle" else num_tokens
+
+    def pos_embed_for(self, length):
+        """Position embedding for `length` tokens; resized linearly when a window length differs from training."""
+        if length == self.pos_embed.shape[1]:
+            return self.pos_embed
+        return F.interpolate(self.pos_embed.transpose(1, 2), size=length, mode="linear",
+                             align_corners=False).transpose(1, 2)
+
+    def forward_features(self, signal):
+        tokens = self.stem(signal).transpose(1, 2)                      # (B, L, d_model)
+        batch, length, _ = tokens.shape
+        position = self.token_position(length)
+        if position is not None:
+            cls = self.cls_token.expand(batch, -1, -1).to(tokens.dtype)
+            tokens = torch.cat([tokens[:, :position], cls, tokens[:, position:]], dim=1)
+        hidden_states = tokens + self.pos_embed_for(tokens.shape[1])
+        residual = None
+        for layer in self.layers:
+            hidden_states, residual = layer(hidden_states, residual)
+        residual = residual + layer.drop_path(hidden_states)
+        hidden_states = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        if position is None:
+            return hidden_states.mean(dim=1)
+        return hidden_states[:, position]
+
+    def forward(self, signal):
+        """signal (B, num_leads, samples) -> logits (B, num_classes)."""
+        if signal.dim() != 3 or signal.shape[1] != self.config.num_leads:
+            raise ValueError(f"expected input (batch, {self.config.num_leads}, samples), got {tuple(signal.shape)}")
+        return self.head(self.dropout(self.forward_features(signal)))
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(config, num_samples=None):
+    """Forward FLOPs for one record: dense ops counted by torch's FlopCounterMode, plus the selective scan
+    (about 9 FLOPs per (channel, state, step) per direction: exp, two multiply-adds and the C contraction)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = ECGMamba(config).eval()
+    x = torch.zeros(1, config.num_leads, num_samples or config.num_samples)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    tokens = model.num_tokens + (0 if model.cls_token is None else 1)
+    d_inner = config.expand * config.d_model
+    scan = 2 * config.depth * 9 * d_inner * config.d_state * tokens
+    return counter.get_total_flops() + scan

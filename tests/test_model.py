@@ -1,0 +1,142 @@
+import pytest
+import torch
+
+from ecgmamba.model import (
+    BiMamba,
+    ECGMamba,
+    ModelConfig,
+    count_flops,
+    count_parameters,
+    preset_config,
+    stem_output_length,
+)
+from ecgmamba.selective_scan import selective_scan_ref
+
+
+def tiny_config(**overrides):
+    base = dict(num_leads=12, num_classes=5, num_samples=512, d_model=16, depth=2, d_state=4, stem_channels=8,
+                stem_paddings=(2, 7), drop_path=0.0)
+    return ModelConfig(**{**base, **overrides})
+
+
+def reference_branch(mixer, x, z, suffix):
+    """One SSM direction written out with the reference scan and explicit weights."""
+    conv = getattr(mixer, "conv1d" + suffix)
+    x_proj = getattr(mixer, "x_proj" + suffix)
+    dt_proj = getattr(mixer, "dt_proj" + suffix)
+    A_log = mixer.A_log if suffix == "" else mixer.A_b_log
+    D = getattr(mixer, "D" + suffix)
+    length = x.shape[-1]
+    x = torch.nn.functional.silu(
+        torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=mixer.d_conv - 1, groups=x.shape[1])[..., :length]
+    )
+    dbl = x.transpose(1, 2) @ x_proj.weight.t()
+    dt, B, C = dbl.split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+    delta = (dt @ dt_proj.weight.t()).transpose(1, 2)
+    return selective_scan_ref(x, delta, -torch.exp(A_log), B.transpose(1, 2), C.transpose(1, 2), D, z=z,
+                              delta_bias=dt_proj.bias, delta_softplus=True)
+
+
+def test_paper_preset_gives_729_tokens():
+    config = preset_config("paper")
+    assert stem_output_length(config) == 729
+    model = ECGMamba(preset_config("paper", depth=1))
+    with torch.no_grad():
+        tokens = model.stem(torch.zeros(1, 12, 8192))
+    assert tokens.shape == (1, 384, 729)
+
+
+def test_bidirectional_block_is_forward_plus_flipped_backward():
+    torch.manual_seed(0)
+    mixer = BiMamba(d_model=8, d_state=4, divide_out=True).double()
+    for p in mixer.parameters():  # make the two directions' weights clearly different
+        p.data += 0.1 * torch.randn_like(p)
+    h = torch.randn(2, 13, 8, dtype=torch.float64)
+    xz = (h @ mixer.in_proj.weight.t()).transpose(1, 2)
+    x, z = xz.chunk(2, dim=1)
+    forward = reference_branch(mixer, x, z, "")
+    backward = reference_branch(mixer, x.flip(-1), z.flip(-1), "_b").flip(-1)
+    expected = ((forward + backward) / 2).transpose(1, 2) @ mixer.out_proj.weight.t()
+    torch.testing.assert_close(mixer(h), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_late_input_reaches_earlier_positions_only_through_backward_branch():
+    torch.manual_seed(1)
+    mixer = BiMamba(d_model=8, d_state=4).double()
+    h = torch.randn(1, 20, 8, dtype=torch.float64)
+    h2 = h.clone()
+    h2[:, 17] += 1.0  # change near the end
+    xz, xz2 = [(t @ mixer.in_proj.weight.t()).transpose(1, 2) for t in (h, h2)]
+    (x, z), (x2, z2) = xz.chunk(2, dim=1), xz2.chunk(2, dim=1)
+    position = 10
+    fwd, fwd2 = mixer.branch(x, z, "forward"), mixer.branch(x2, z2, "forward")
+    torch.testing.assert_close(fwd[..., : position + 1], fwd2[..., : position + 1], rtol=0, atol=0)
+    bwd = mixer.branch(x.flip(-1), z.flip(-1), "backward").flip(-1)
+    bwd2 = mixer.branch(x2.flip(-1), z2.flip(-1), "backward").flip(-1)
+    assert (bwd[..., position] - bwd2[..., position]).abs().max() > 1e-6
+    assert (mixer(h)[:, position] - mixer(h2)[:, position]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("num_leads", range(1, 13))
+def test_any_lead_count(num_leads):
+    model = ECGMamba(tiny_config(num_leads=num_leads)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, num_leads, 512))
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("cls_token", ["middle", "end", "none"])
+def test_class_token_positions_and_backward(cls_token):
+    torch.manual_seed(0)
+    model = ECGMamba(tiny_config(cls_token=cls_token, divide_out=cls_token != "end"))
+    out = model(torch.randn(3, 12, 512))
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    tokens = model.num_tokens
+    expected = {"middle": tokens // 2, "end": tokens, "none": None}[cls_token]
+    assert model.token_position(tokens) == expected
+
+
+def test_other_window_lengths_interpolate_position_embedding():
+    model = ECGMamba(tiny_config()).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 12, 777)).shape == (1, 5)
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = ECGMamba(tiny_config(num_leads=2))
+    with pytest.raises(ValueError, match="expected input"):
+        model(torch.randn(1, 12, 512))
+
+
+def test_parameter_names_match_vim():
+    names = set(dict(ECGMamba(tiny_config()).named_parameters()))
+    for name in ("A_log", "A_b_log", "D", "D_b", "conv1d.weight", "conv1d_b.weight", "x_proj.weight",
+                 "x_proj_b.weight", "dt_proj.bias", "dt_proj_b.bias", "in_proj.weight", "out_proj.weight"):
+        assert f"layers.0.mixer.{name}" in names
+    assert {"layers.0.norm.weight", "norm_f.weight", "head.weight", "pos_embed", "cls_token"} <= names
+
+
+def test_config_round_trip_and_unknown_keys():
+    config = preset_config("small", num_leads=3)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({"d_modle": 3})
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("huge")
+
+
+def test_presets_parameter_counts_and_flops():
+    small = preset_config("small")
+    assert 0.5e6 < count_parameters(ECGMamba(small)) < 2e6
+    paper = ECGMamba(preset_config("paper"))
+    assert 25e6 < count_parameters(paper) < 27e6
+    assert count_flops(small) > 2 * count_parameters(ECGMamba(small))
+
+
+def test_package_exports_selective_scan_fn():
+    from ecgmamba import selective_scan_fn
+    from ecgmamba.selective_scan import selective_scan_fn as direct
+
+    assert selective_scan_fn is direct

@@ -1,0 +1,134 @@
+"""Inference: a model folder and a recording in, the Challenge's (classes, labels, probabilities) out.
+
+A record is preprocessed exactly as in training, cut into overlapping windows (PreprocessConfig.window_overlap,
+at most max_windows of them, so a 30-minute record costs a bounded time and memory) and the model's
+probabilities are averaged over the windows: the mean keeps a diagnosis that holds for the whole record (rhythm,
+axis, bundle branch block) stable against a noisy window, at the price of diluting one ectopic beat in a long
+record. A record shorter than one window is zero-padded.
+"""
+
+import os
+
+import numpy as np
+import torch
+
+from ecgmamba import checkpoint
+from ecgmamba.model import ECGMamba, ModelConfig
+from ecgmamba.preprocess import PreprocessConfig, preprocess_recording, sliding_windows
+from ecgmamba.records import TWELVE_LEADS, parse_header, select_leads, sort_leads, to_millivolts
+
+
+def model_file_stem(leads):
+    return "model_" + "-".join(leads)
+
+
+def save_lead_model(model_directory, leads, model, table, thresholds, preprocess, extra=None):
+    """Weights (safetensors) + everything needed to use them (JSON) for one lead set."""
+    stem = os.path.join(model_directory, model_file_stem(leads))
+    checkpoint.save_tensors(stem + ".safetensors", model.state_dict())
+    checkpoint.save_json(stem + ".json", {
+        "leads": list(leads),
+        "classes": table.class_codes,
+        "thresholds": [float(t) for t in thresholds],
+        "model": model.config.to_dict(),
+        "preprocess": preprocess.to_dict(),
+        **(extra or {}),
+    })
+
+
+class LoadedModel:
+    """A model ready to run on recordings with `leads` (the header order of the records it will see)."""
+
+    def __init__(self, network, model_leads, classes, thresholds, preprocess, device):
+        self.network, self.model_leads = network, tuple(model_leads)
+        self.classes, self.thresholds = list(classes), np.asarray(thresholds, dtype=np.float64)
+        self.preprocess, self.device = preprocess, device
+
+
+def load_model(model_directory, leads, device=None):
+    """The model trained for `leads`; for a lead set without its own file, the 12-lead model sliced to those
+    leads (the shared model was trained with absent leads zeroed, so slicing is exact)."""
+    from ecgmamba.train import specialise
+
+    leads = sort_leads(tuple(leads))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    stem = os.path.join(model_directory, model_file_stem(leads))
+    sliced = not os.path.isfile(stem + ".json")
+    if sliced:
+        stem = os.path.join(model_directory, model_file_stem(TWELVE_LEADS))
+        if not os.path.isfile(stem + ".json"):
+            raise checkpoint.ModelFileError(f"{model_directory}: no model for leads {leads} and no 12-lead model")
+    meta = checkpoint.load_json(stem + ".json")
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+        preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+        classes, thresholds, model_leads = meta["classes"], meta["thresholds"], tuple(meta["leads"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise checkpoint.ModelFileError(f"{stem}.json: incomplete or invalid model description ({error})") from None
+    network = checkpoint.load_state_into(ECGMamba(config), stem + ".safetensors")
+    if sliced:
+        unknown = [lead for lead in leads if lead not in TWELVE_LEADS]
+        network = specialise(network, [lead for lead in leads if lead in TWELVE_LEADS]) if not unknown else None
+        if network is None:
+            raise checkpoint.ModelFileError(f"{model_directory}: cannot build a model for unknown leads {unknown}")
+        model_leads = tuple(lead for lead in leads if lead in TWELVE_LEADS)
+    return LoadedModel(network.to(device).eval(), model_leads, classes, thresholds, preprocess, device)
+
+
+@torch.no_grad()
+def predict_many(network, signals, preprocess, device, batch_size=64):
+    """Probabilities for several preprocessed records (each (leads, n)), windows of all records batched together."""
+    windows, owners = [], []
+    for i, signal in enumerate(signals):
+        w = sliding_windows(signal, preprocess.window_samples, preprocess.window_overlap, preprocess.max_windows)
+        windows.append(w)
+        owners += [i] * len(w)
+    if not windows:
+        return np.zeros((0, network.config.num_classes))
+    windows = np.concatenate(windows)
+    owners = np.asarray(owners)
+    sums = np.zeros((len(signals), network.config.num_classes))
+    network.eval()
+    for start in range(0, len(windows), batch_size):
+        x = torch.from_numpy(windows[start:start + batch_size]).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            p = torch.sigmoid(network(x).float()).cpu().numpy()
+        np.add.at(sums, owners[start:start + batch_size], p)
+    return sums / np.bincount(owners, minlength=len(signals))[:, None]
+
+
+def predict_cached(network, cache, indices, model_leads, preprocess, device, active_leads=None, chunk=256):
+    """Probabilities for cached (already preprocessed) records, as inference would give them. With
+    active_leads, the model's other input leads are zeroed (a reduced-lead record seen by a 12-lead model)."""
+    rows = [TWELVE_LEADS.index(lead) for lead in model_leads]
+    mask = None
+    if active_leads is not None:
+        mask = np.array([lead in active_leads for lead in model_leads], dtype=np.float32)[:, None]
+    out = []
+    for start in range(0, len(indices), chunk):
+        signals = [np.asarray(cache.signal(int(i))[:, rows], dtype=np.float32).T for i in indices[start:start + chunk]]
+        if mask is not None:
+            signals = [s * mask for s in signals]
+        out.append(predict_many(network, signals, preprocess, device))
+    return np.concatenate(out) if out else np.zeros((0, network.config.num_classes))
+
+
+def prepare(model, header_text, recording):
+    """Header text + raw ADC recording -> preprocessed (model leads, n) float32."""
+    header = parse_header(header_text)
+    signal = to_millivolts(np.asarray(recording), header)
+    signal = select_leads(signal, header.leads, model.model_leads)
+    return preprocess_recording(signal, header.fs, model.preprocess)
+
+
+def run_model(model, header_text, recording):
+    """The Challenge contract: (classes, labels, probabilities) for one recording."""
+    return run_models(model, [header_text], [recording])[0]
+
+
+def run_models(model, header_texts, recordings):
+    """Batched run_model over several recordings (windows from all of them share forward passes)."""
+    signals = [prepare(model, h, r) for h, r in zip(header_texts, recordings)]
+    probabilities = predict_many(model.network, signals, model.preprocess, model.device)
+    return [(list(model.classes), [int(v) for v in p >= model.thresholds], [float(v) for v in p])
+            for p in probabilities]

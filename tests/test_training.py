@@ -1,0 +1,190 @@
+"""End to end through the organizers' commands: train, run on every lead set, resume, DDP, no unpickling."""
+
+import csv
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import helper_code
+from ecgmamba.records import LEAD_SETS
+from ecgmamba.reduced_leads import write_reduced_copy
+from ecgmamba.synthetic import generate_dataset
+from ecgmamba.train import TrainConfig, load_train_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_MODEL = {"d_model": 16, "depth": 1, "d_state": 4, "stem_channels": 8, "num_samples": 512}
+
+
+def tiny_env(epochs=1, **extra):
+    env = dict(os.environ, ECGMAMBA_PRESET="small", ECGMAMBA_EPOCHS=str(epochs), ECGMAMBA_BATCH_SIZE="8",
+               ECGMAMBA_MODEL=json.dumps(TINY_MODEL), ECGMAMBA_PROGRESS="0", ECGMAMBA_CACHE_WORKERS="1",
+               ECGMAMBA_DEVICE="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run(args, env, **kwargs):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def read_log(model_dir):
+    with open(os.path.join(model_dir, "train_log.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("train_data")
+    generate_dataset(str(directory), 32, seed=11, fs="mixed")
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory, data_dir):
+    model_dir = str(tmp_path_factory.mktemp("model"))
+    result = run(["train_model.py", data_dir, model_dir], tiny_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir
+
+
+def test_model_folder_has_every_lead_set_in_safetensors_and_json(trained_model):
+    for leads in LEAD_SETS:
+        stem = os.path.join(trained_model, "model_" + "-".join(leads))
+        assert os.path.getsize(stem + ".safetensors") > 0
+        with open(stem + ".json") as f:
+            meta = json.load(f)
+        assert meta["leads"] == list(leads) and len(meta["classes"]) == len(meta["thresholds"]) == 26
+        assert meta["model"]["num_leads"] == len(leads)
+    rows = read_log(trained_model)
+    assert [r["epoch"] for r in rows] == ["1"] and os.path.isfile(os.path.join(trained_model, "learning_curve.png"))
+
+
+@pytest.mark.parametrize("leads", LEAD_SETS)
+def test_run_model_on_every_lead_set_writes_official_outputs(tmp_path, data_dir, trained_model, leads):
+    reduced = str(tmp_path / "data")
+    write_reduced_copy(data_dir, reduced, leads)
+    result = run(["run_model.py", trained_model, reduced, str(tmp_path / "out")], tiny_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    headers, _ = helper_code.find_challenge_files(reduced)
+    for header_file in headers:
+        name = os.path.basename(header_file).replace(".hea", ".csv")
+        recording_id, classes, labels, probabilities = helper_code.load_outputs(str(tmp_path / "out" / name))
+        assert recording_id.strip() == name[:-4]
+        assert len(classes) == len(labels) == len(probabilities) == 26
+        assert set(labels) <= {"0", "1"} and all(0.0 <= p <= 1.0 for p in probabilities)
+
+
+def test_loading_and_running_never_unpickles(trained_model, data_dir, monkeypatch):
+    import team_code
+
+    header_files, recording_files = helper_code.find_challenge_files(data_dir)
+    header = helper_code.load_header(header_files[0])
+    recording = helper_code.load_recording(recording_files[0])
+    # Warm up first: numba loads our own compiled scan kernels from the package's __pycache__ with pickle.
+    team_code.run_model(team_code.load_model(trained_model, ("I", "II", "V2")), header, recording)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("unpickling while loading a model")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    model = team_code.load_model(trained_model, ("I", "II"))
+    classes, labels, probabilities = team_code.run_model(model, header, recording)
+    assert len(classes) == 26 and len(labels) == 26 and len(probabilities) == 26
+
+
+def test_other_lead_sets_are_served_by_slicing_the_12_lead_model(trained_model, data_dir):
+    import team_code
+
+    header_files, recording_files = helper_code.find_challenge_files(data_dir)
+    header = helper_code.load_header(header_files[0])
+    recording = helper_code.load_recording(recording_files[0])
+    model = team_code.load_model(trained_model, ("I", "V5", "aVR"))  # no file of its own
+    assert model.model_leads == ("I", "aVR", "V5")
+    assert len(team_code.run_model(model, header, recording)[2]) == 26
+
+
+def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path, data_dir):
+    reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
+    env = tiny_env(epochs=3)
+    assert run(["train_model.py", data_dir, reference], env).returncode == 0
+    process = subprocess.Popen([sys.executable, "train_model.py", data_dir, resumed], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = os.path.join(resumed, "checkpoints", "shared.json")
+    deadline = time.time() + 240
+    while not os.path.exists(meta) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert os.path.exists(meta), "the run ended before its first checkpoint"
+    killed_after = len(read_log(resumed))
+    assert killed_after < 3, "killed too late to test resuming"
+    result = run(["train_model.py", data_dir, resumed], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming after epoch" in result.stderr
+    keys = ("epoch", "steps", "train_loss", "val_auroc", "val_auprc", "val_challenge")
+    assert [[r[k] for k in keys] for r in read_log(resumed)] == [[r[k] for k in keys] for r in read_log(reference)]
+    for leads in LEAD_SETS:
+        stem = "model_" + "-".join(leads) + ".json"
+        with open(os.path.join(reference, stem)) as f, open(os.path.join(resumed, stem)) as g:
+            assert json.load(f)["thresholds"] == json.load(g)["thresholds"]
+
+
+def test_ddp_with_gloo_two_processes(tmp_path, data_dir):
+    model_dir = str(tmp_path / "ddp")
+    env = tiny_env(epochs=1)
+    result = run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                  "train_model.py", data_dir, model_dir], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_log(model_dir)
+    with open(os.path.join(model_dir, "cache", "meta.json")) as f:
+        num_records = len(json.load(f)["record_ids"])
+    num_train = num_records - round(num_records * TrainConfig().val_fraction)
+    assert int(rows[0]["steps"]) == math.ceil(math.ceil(num_train / 2) / 8)
+    assert all(os.path.isfile(os.path.join(model_dir, "model_" + "-".join(l) + ".safetensors")) for l in LEAD_SETS)
+
+
+def test_settings_from_file_and_environment(tmp_path):
+    (tmp_path / "train_config.json").write_text(json.dumps({"epochs": 7, "lr": 0.01}))
+    config = load_train_config(str(tmp_path), {"ECGMAMBA_EPOCHS": "3", "ECGMAMBA_MODEL": '{"depth": 2}',
+                                               "ECGMAMBA_PROGRESS": "false"})
+    assert (config.epochs, config.lr, config.model, config.progress) == (3, 0.01, {"depth": 2}, False)
+    (tmp_path / "train_config.json").write_text(json.dumps({"epochz": 7}))
+    with pytest.raises(ValueError, match="unknown settings"):
+        load_train_config(str(tmp_path), {})
+    with pytest.raises(ValueError, match="ECGMAMBA_EPOCHS"):
+        load_train_config(str(tmp_path / "none"), {"ECGMAMBA_EPOCHS": "many"})
+
+
+def test_empty_or_unlabelled_folder_fails_fast(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run(["train_model.py", str(empty), str(tmp_path / "m1")], tiny_env())
+    assert result.returncode != 0 and "no recordings" in result.stderr
+    unlabelled = tmp_path / "unlabelled"
+    generate_dataset(str(unlabelled), 4, seed=1)
+    for header in unlabelled.glob("*.hea"):
+        header.write_text("\n".join(l for l in header.read_text().splitlines() if not l.startswith("#Dx")))
+    result = run(["train_model.py", str(unlabelled), str(tmp_path / "m2")], tiny_env())
+    assert result.returncode != 0 and "no recording carries a scored label" in result.stderr
+
+
+def test_real_sample_records_train_and_run(tmp_path, sample_dir):
+    model_dir, out_dir = str(tmp_path / "model"), str(tmp_path / "out")
+    result = run(["train_model.py", str(sample_dir), model_dir], tiny_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(0 skipped)" in result.stderr
+    result = run(["run_model.py", model_dir, str(sample_dir), out_dir], tiny_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(os.listdir(out_dir)) == 50 and "0 failed" in result.stdout

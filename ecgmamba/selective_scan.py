@@ -93,6 +93,14 @@ def _grouped(M):
 # Reference: the plain PyTorch loop, differentiable by autograd, any device and dtype
 
 
+def _effective_delta(delta, delta_bias, delta_softplus, dtype):
+    """delta + delta_bias, through softplus when asked: the step size both implementations scan with."""
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    return F.softplus(dt) if delta_softplus else dt
+
+
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False):
     """The selective scan as a readable loop over time; materialises (batch, dim, length, dstate).
@@ -105,11 +113,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     batch, dim, length = u.shape
     dstate = A.shape[1]
     x = u.to(dtype)
-    dt = delta.to(dtype)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(dtype)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
+    dt = _effective_delta(delta, delta_bias, delta_softplus, dtype)
 
     # The per-step decay and input, time-major so that unbind(1) walks over time.
     deltaA = torch.exp(torch.einsum("bdl,dn->bldn", dt, A.to(dtype)))
@@ -383,11 +387,7 @@ class _CpuScan(torch.autograd.Function):
 def _selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     x = u.to(dtype)
-    dt = delta.to(dtype)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(dtype)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
+    dt = _effective_delta(delta, delta_bias, delta_softplus, dtype)
     Bt, Ct = (_grouped(M).to(dtype).transpose(-1, -2).contiguous() for M in (B, C))
     y, last_state = _CpuScan.apply(x.contiguous(), dt.contiguous(), A.to(dtype).contiguous(), Bt, Ct)
     if D is not None:

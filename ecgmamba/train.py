@@ -47,8 +47,8 @@ class TrainConfig:
     strategy: str = "shared"         # "shared" or "separate" (see module docstring)
     epochs: int = 0                  # 0: the preset's default (paper 60, small 12)
     finetune_epochs: int = 0         # per lead set, after the shared phase
-    batch_size: int = 0              # 0: the preset's default (paper 32, small 32)
-    lr: float = 1e-3
+    batch_size: int = 0              # 0: the preset's default (paper 32, small 16)
+    lr: float = 0.0                  # 0: the preset's default (paper 1e-3, small 3e-3)
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
@@ -62,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     model: dict = field(default_factory=dict)  # ModelConfig overrides of the preset, e.g. {"depth": 8}
+    preprocess: dict = field(default_factory=dict)  # PreprocessConfig overrides, e.g. {"scaling": "lead"}
 
     def resolved(self):
         """Fill the 'auto' and 0 fields from the machine and the preset."""
@@ -70,9 +71,10 @@ class TrainConfig:
             c.device = "cuda" if torch.cuda.is_available() else "cpu"
         if c.preset == "auto":
             c.preset = "paper" if c.device.startswith("cuda") else "small"
-        defaults = {"paper": (60, 32), "small": (12, 32)}.get(c.preset, (30, 32))
+        defaults = {"paper": (60, 32, 1e-3), "small": (12, 16, 3e-3)}.get(c.preset, (30, 32, 1e-3))
         c.epochs = c.epochs or defaults[0]
         c.batch_size = c.batch_size or defaults[1]
+        c.lr = c.lr or defaults[2]
         if c.workers < 0:
             c.workers = min(8, os.cpu_count() or 1) if c.device.startswith("cuda") else 0
         if c.strategy not in ("shared", "separate"):
@@ -413,8 +415,11 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
     if config.preset not in PRESET_SAMPLING_RATES:
         raise ValueError(f"unknown preset {config.preset!r}; choose one of {sorted(PRESET_SAMPLING_RATES)}")
     model_config = preset_config(config.preset, **config.model)
-    preprocess = PreprocessConfig(target_fs=PRESET_SAMPLING_RATES[config.preset],
-                                  window_samples=model_config.num_samples)
+    preprocess = PreprocessConfig(**{"target_fs": PRESET_SAMPLING_RATES[config.preset],
+                                     "window_samples": model_config.num_samples, **config.preprocess})
+    if preprocess.window_samples != model_config.num_samples:
+        raise ValueError(f"preprocess window_samples {preprocess.window_samples} must equal the model's "
+                         f"num_samples {model_config.num_samples}")
     table = load_scoring("2021")
     model_config.num_classes = table.num_classes
     torch.manual_seed(config.seed)
@@ -464,8 +469,10 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
         device = next(model.parameters()).device
         scores, _, thresholds = validate(model, cache, val_idx, leads, preprocess, table, device)
         if rank == 0:
+            prior = cache.labels[train_idx].mean(0)
             save_lead_model(model_directory, leads, model.cpu(), table, thresholds, preprocess,
-                            {"validation": scores, "train_config": asdict(config)})
+                            {"validation": scores, "train_config": asdict(config),
+                             "prior": [float(p) for p in prior]})
             print(f"Saved {model_file_stem(leads)}: validation AUROC {scores['auroc']:.3f}  "
                   f"AUPRC {scores['auprc']:.3f}  Challenge {scores['challenge']:.3f}", file=sys.stderr)
     barrier(world)

@@ -274,7 +274,7 @@ def load_sample_record(path):
 
 
 def test_real_records_are_scaled_to_unit_robust_std(sample_dir):
-    config = PreprocessConfig()
+    config = PreprocessConfig(scaling="lead")
     for header in sorted(sample_dir.glob("*.hea"))[::5]:
         signal_mv, fs = load_sample_record(header)
         y = preprocess_recording(signal_mv, fs, config)
@@ -284,3 +284,16 @@ def test_real_records_are_scaled_to_unit_robust_std(sample_dir):
         live = np.abs(signal_mv).max(axis=1) > 0
         assert np.all((robust[live] > 0.8) & (robust[live] < 1.2)), header.name
         assert (np.abs(y) >= config.clip).mean() < 1e-3, header.name  # R peaks are kept, not clipped
+
+
+def test_real_records_stay_in_millivolts_by_default(sample_dir):
+    config = PreprocessConfig()
+    assert config.scaling == "none"
+    for header in sorted(sample_dir.glob("*.hea"))[::10]:
+        signal_mv, fs = load_sample_record(header)
+        y = preprocess_recording(signal_mv, fs, config)
+        peak_to_peak = np.percentile(y, 99.5, axis=1) - np.percentile(y, 0.5, axis=1)
+        live = np.abs(signal_mv).max(axis=1) > 0
+        # Physical ECG amplitudes survive: QRS complexes of roughly 0.1-6 mV, nothing clipped.
+        assert np.all((peak_to_peak[live] > 0.05) & (peak_to_peak[live] < 8)), header.name
+        assert (np.abs(y) >= config.clip).mean() == 0, header.name

@@ -22,10 +22,15 @@ from tqdm import tqdm
 
 from ecgmamba.checkpoint import save_json
 from ecgmamba.preprocess import PreprocessConfig, preprocess_recording, resampled_length
-from ecgmamba.records import TWELVE_LEADS, RecordError, find_records, read_header, read_signal, select_leads
+from ecgmamba.records import (TWELVE_LEADS, RecordError, find_records, read_header, read_signal, select_leads,
+                              standard_leads)
 from ecgmamba.scoring import encode_labels
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+
+# Shorter recordings are left out of training: under a second holds no full heartbeat, and a window that is
+# almost all padding would teach the record's labels from nothing. (Inference still answers for them.)
+MIN_TRAINING_SECONDS = 1.0
 
 
 def fingerprint(header_files, preprocess, max_seconds, table):
@@ -98,9 +103,13 @@ def build_cache(data_directory, cache_directory, preprocess=PreprocessConfig(), 
     if os.path.isfile(meta_path):
         try:
             with open(meta_path) as f:
-                if json.load(f).get("fingerprint") == key:
-                    return SignalCache(cache_directory)
-        except (OSError, ValueError):
+                meta = json.load(f)
+            if meta.get("fingerprint") == key:
+                for problem in meta["skipped"]:  # the same warnings as when the cache was built
+                    if problem not in problems:
+                        log(f"skipped {problem}")
+                return SignalCache(cache_directory)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # unreadable meta: rebuild
 
     os.makedirs(cache_directory, exist_ok=True)
@@ -110,7 +119,14 @@ def build_cache(data_directory, cache_directory, preprocess=PreprocessConfig(), 
     headers, skipped = [], list(problems)
     for path in header_files:
         try:
-            headers.append((path, read_header(path)))
+            header = read_header(path)
+            if not standard_leads(header.leads):
+                raise RecordError(path, f"none of the leads {list(header.leads)} is one of the twelve standard "
+                                        "leads")
+            if header.num_samples < MIN_TRAINING_SECONDS * header.fs:
+                raise RecordError(path, f"recording lasts {header.num_samples / header.fs:.3g} s; training needs "
+                                        f"at least {MIN_TRAINING_SECONDS:g} s")
+            headers.append((path, header))
         except RecordError as error:
             skipped.append(str(error))
             log(f"skipped {error}")

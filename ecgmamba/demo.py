@@ -33,8 +33,8 @@ def learnable_auroc(scores, table):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="demo_run", help="folder for data, model and outputs (default demo_run)")
-    parser.add_argument("--train-records", type=int, default=1200)
-    parser.add_argument("--test-records", type=int, default=300)
+    parser.add_argument("--train-records", type=int, default=1000)
+    parser.add_argument("--test-records", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -20,6 +20,7 @@ Record ids tell the source database (see SOURCES). Chapman-Shaoxing and Ningbo r
 """
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,12 +111,20 @@ def read_output_file(output_file):
 
 
 def load_classifier_outputs(output_files, table):
-    """(binary, scalar) outputs, (records, classes), with the organizers' merging and sanitising rules."""
+    """(binary, scalar) outputs, (records, classes), with the organizers' merging and sanitising rules.
+
+    A malformed or empty output file is named on stderr and scored as all negative (the organizers' 2021 rule
+    for formatting errors), so one broken file does not stop the scoring of thousands.
+    """
     code_to_index = table.code_to_index()
     binary_outputs = np.zeros((len(output_files), table.num_classes), dtype=bool)
     scalar_outputs = np.zeros((len(output_files), table.num_classes), dtype=np.float64)
     for i, output_file in enumerate(output_files):
-        _, classes, binary, scalar = read_output_file(output_file)
+        try:
+            _, classes, binary, scalar = read_output_file(output_file)
+        except ValueError as error:
+            print(f"- {error}; all its outputs are taken as negative", file=sys.stderr)
+            continue
         binary_values = [[] for _ in range(table.num_classes)]
         scalar_values = [[] for _ in range(table.num_classes)]
         for entry, binary_entry, scalar_entry in zip(classes, binary, scalar):

@@ -7,6 +7,7 @@ axis, bundle branch block) stable against a noisy window, at the price of diluti
 record. A record shorter than one window is zero-padded.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -15,7 +16,8 @@ import torch
 from ecgmamba import checkpoint
 from ecgmamba.model import ECGMamba, ModelConfig
 from ecgmamba.preprocess import PreprocessConfig, preprocess_recording, sliding_windows
-from ecgmamba.records import TWELVE_LEADS, parse_header, select_leads, sort_leads, to_millivolts
+from ecgmamba.records import (TWELVE_LEADS, RecordError, parse_header, select_leads, standard_leads,
+                              to_millivolts)
 
 
 def model_file_stem(leads):
@@ -23,10 +25,12 @@ def model_file_stem(leads):
 
 
 def save_lead_model(model_directory, leads, model, table, thresholds, preprocess, extra=None):
-    """Weights (safetensors) + everything needed to use them (JSON) for one lead set."""
+    """Weights (safetensors) + everything needed to use them (JSON) for one lead set. The JSON, written second,
+    records the weights' digest: a kill between the two writes leaves a pair that load_model refuses."""
     stem = os.path.join(model_directory, model_file_stem(leads))
-    checkpoint.save_tensors(stem + ".safetensors", model.state_dict())
+    digest = checkpoint.save_tensors(stem + ".safetensors", model.state_dict())
     checkpoint.save_json(stem + ".json", {
+        "weights_sha256": digest,
         "leads": list(leads),
         "classes": table.class_codes,
         "thresholds": [float(t) for t in thresholds],
@@ -39,18 +43,25 @@ def save_lead_model(model_directory, leads, model, table, thresholds, preprocess
 class LoadedModel:
     """A model ready to run on recordings with `leads` (the header order of the records it will see)."""
 
-    def __init__(self, network, model_leads, classes, thresholds, preprocess, device):
+    def __init__(self, network, model_leads, classes, thresholds, preprocess, device, prior=None):
         self.network, self.model_leads = network, tuple(model_leads)
         self.classes, self.thresholds = list(classes), np.asarray(thresholds, dtype=np.float64)
         self.preprocess, self.device = preprocess, device
+        # Training prevalence per class: the answer for a recording whose signal cannot be used.
+        self.prior = np.zeros(len(self.classes)) if prior is None else np.asarray(prior, dtype=np.float64)
 
 
 def load_model(model_directory, leads, device=None):
     """The model trained for `leads`; for a lead set without its own file, the 12-lead model sliced to those
-    leads (the shared model was trained with absent leads zeroed, so slicing is exact)."""
+    leads (the shared model was trained with absent leads zeroed, so slicing is exact).
+
+    Only the standard leads among `leads` count (records.standard_leads): a duplicated name counts once, an
+    unknown name is ignored, as run_model reads the first row of a duplicated lead and ignores unknown ones."""
     from ecgmamba.train import specialise
 
-    leads = sort_leads(tuple(leads))
+    given, leads = tuple(leads), standard_leads(leads)
+    if not leads:
+        raise ValueError(f"none of the leads {list(given)} is one of the twelve standard leads")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     stem = os.path.join(model_directory, model_file_stem(leads))
     sliced = not os.path.isfile(stem + ".json")
@@ -62,17 +73,20 @@ def load_model(model_directory, leads, device=None):
     try:
         config = ModelConfig.from_dict(meta["model"])
         preprocess = PreprocessConfig.from_dict(meta["preprocess"])
-        classes, thresholds, model_leads = meta["classes"], meta["thresholds"], tuple(meta["leads"])
+        classes, thresholds, model_leads = list(meta["classes"]), list(meta["thresholds"]), tuple(meta["leads"])
+        prior = meta.get("prior")
+        if not len(classes) == len(thresholds) == config.num_classes:
+            raise ValueError(f"{len(classes)} classes and {len(thresholds)} thresholds for a network with "
+                             f"{config.num_classes} outputs")
+        if prior is not None and len(prior) != len(classes):
+            raise ValueError(f"{len(prior)} prior values for {len(classes)} classes")
     except (KeyError, TypeError, ValueError) as error:
         raise checkpoint.ModelFileError(f"{stem}.json: incomplete or invalid model description ({error})") from None
-    network = checkpoint.load_state_into(ECGMamba(config), stem + ".safetensors")
+    network = checkpoint.load_state_into(ECGMamba(config), stem + ".safetensors",
+                                         expected_digest=meta.get("weights_sha256"))
     if sliced:
-        unknown = [lead for lead in leads if lead not in TWELVE_LEADS]
-        network = specialise(network, [lead for lead in leads if lead in TWELVE_LEADS]) if not unknown else None
-        if network is None:
-            raise checkpoint.ModelFileError(f"{model_directory}: cannot build a model for unknown leads {unknown}")
-        model_leads = tuple(lead for lead in leads if lead in TWELVE_LEADS)
-    return LoadedModel(network.to(device).eval(), model_leads, classes, thresholds, preprocess, device)
+        network, model_leads = specialise(network, leads), leads
+    return LoadedModel(network.to(device).eval(), model_leads, classes, thresholds, preprocess, device, prior)
 
 
 @torch.no_grad()
@@ -97,9 +111,13 @@ def predict_many(network, signals, preprocess, device, batch_size=64):
     return sums / np.bincount(owners, minlength=len(signals))[:, None]
 
 
-def predict_cached(network, cache, indices, model_leads, preprocess, device, active_leads=None, chunk=256):
+def predict_cached(network, cache, indices, model_leads, preprocess, device, active_leads=None, chunk=256,
+                   max_windows=None):
     """Probabilities for cached (already preprocessed) records, as inference would give them. With
-    active_leads, the model's other input leads are zeroed (a reduced-lead record seen by a 12-lead model)."""
+    active_leads, the model's other input leads are zeroed (a reduced-lead record seen by a 12-lead model);
+    max_windows overrides the preprocessing's cap on windows per record (1: a quick look, for per-epoch checks)."""
+    if max_windows is not None:
+        preprocess = dataclasses.replace(preprocess, max_windows=max_windows)
     rows = [TWELVE_LEADS.index(lead) for lead in model_leads]
     mask = None
     if active_leads is not None:
@@ -114,9 +132,13 @@ def predict_cached(network, cache, indices, model_leads, preprocess, device, act
 
 
 def prepare(model, header_text, recording):
-    """Header text + raw ADC recording -> preprocessed (model leads, n) float32."""
+    """Header text + raw ADC recording -> preprocessed (model leads, n) float32. Non-finite samples are accepted
+    (preprocessing interpolates them): inference answers for every record that has any signal."""
     header = parse_header(header_text)
-    signal = to_millivolts(np.asarray(recording), header)
+    if not set(model.model_leads) & set(header.leads):
+        raise RecordError(header.path, f"none of the model's leads {list(model.model_leads)} is among the "
+                                       f"recording's leads {list(header.leads)}")
+    signal = to_millivolts(np.asarray(recording), header, allow_non_finite=True)
     signal = select_leads(signal, header.leads, model.model_leads)
     return preprocess_recording(signal, header.fs, model.preprocess)
 

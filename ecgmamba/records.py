@@ -224,10 +224,22 @@ def sort_leads(leads):
     return tuple(sorted(leads, key=lambda lead: position.get(lead, len(TWELVE_LEADS) + leads.index(lead))))
 
 
-def check_recording(raw, header, path=None):
+def standard_leads(leads):
+    """The standard twelve leads among `leads`, each once, in the standard order: the leads a model can use.
+
+    A duplicated lead name counts once (select_leads reads its first row); names outside the twelve are dropped.
+    """
+    present = set(leads)
+    return tuple(lead for lead in TWELVE_LEADS if lead in present)
+
+
+def check_recording(raw, header, path=None, allow_non_finite=False):
     """Raise RecordError (naming path, default header.path) unless raw is a finite numeric leads x samples
-    array matching the header. Non-finite samples (possible only in float .mat files) are an error rather than
-    patched: such a record is broken and should be reported and left out, not silently trained on."""
+    array matching the header.
+
+    Non-finite samples (possible only in float .mat files) are an error by default: training leaves such a
+    broken record out rather than learn from patched data. allow_non_finite=True (inference, which must answer
+    for every record) accepts them, as preprocessing interpolates them, unless no sample at all is finite."""
     path = header.path if path is None else path
     expected = (header.num_leads, header.num_samples)
     if raw.ndim != 2:
@@ -241,17 +253,19 @@ def check_recording(raw, header, path=None):
         raise RecordError(path, f"signal has {raw.shape[1]} samples, the header says {header.num_samples}")
     if np.issubdtype(raw.dtype, np.floating):
         bad = np.count_nonzero(~np.isfinite(raw))
-        if bad:
+        if bad == raw.size:
+            raise RecordError(path, "signal has no finite sample")
+        if bad and not allow_non_finite:
             raise RecordError(path, f"signal has {bad} non-finite samples")
     elif not np.issubdtype(raw.dtype, np.integer):
         raise RecordError(path, f"signal has dtype {raw.dtype}, expected integers or floats")
 
 
-def to_millivolts(raw, header, path=None):
+def to_millivolts(raw, header, path=None, allow_non_finite=False):
     """A digital recording (leads x samples, as stored; e.g. what helper_code.load_recording returns) in
     float32 millivolts, after check_recording."""
     raw = np.asarray(raw)
-    check_recording(raw, header, path)
+    check_recording(raw, header, path, allow_non_finite)
     scale = np.array([MILLIVOLTS_PER_UNIT[unit.lower()] for unit in header.units]) / header.gains
     signal = raw.astype(np.float32)
     signal -= header.baselines.astype(np.float32)[:, None]
@@ -259,7 +273,7 @@ def to_millivolts(raw, header, path=None):
     return signal
 
 
-def read_raw(mat_path, header):
+def read_raw(mat_path, header, allow_non_finite=False):
     """The 'val' matrix of a .mat file exactly as stored (digital units, dtype kept), checked against header.
 
     Raises RecordError for a missing, empty, truncated or corrupt file, a missing 'val', a shape that does not
@@ -278,7 +292,7 @@ def read_raw(mat_path, header):
             names = []
         raise RecordError(mat_path, f"no 'val' matrix in the MATLAB file (it has: {', '.join(names) or 'nothing'})")
     raw = mat["val"]
-    check_recording(raw, header, mat_path)
+    check_recording(raw, header, mat_path, allow_non_finite)
     return raw
 
 
@@ -305,13 +319,15 @@ def select_leads(signal, have_leads, want_leads):
     return selected
 
 
-def find_records(directory, recursive=False):
+def find_records(directory, recursive=False, headers_without_recording=False):
     """Header paths of the records in directory, and what is wrong with the rest: (header_paths, problems).
 
     Same rule as helper_code.find_challenge_files (visible `X.hea` with `X.mat` beside it, sorted by file name),
     but a header without its .mat, or a .mat without its header, is listed in problems as `path: problem`
     instead of being dropped silently. recursive=True also walks sub-folders (the public 2021 training data
     unpacks into one folder per source database), visiting folders in sorted order.
+    headers_without_recording=True lists a header whose .mat is missing with the others instead (inference
+    answers for every header, as the evaluation expects an output for each).
     """
     try:
         names = sorted(os.listdir(directory))
@@ -325,14 +341,15 @@ def find_records(directory, recursive=False):
         root, extension = os.path.splitext(name)
         path = os.path.join(directory, name)
         if recursive and not name.startswith(".") and os.path.isdir(path):
-            sub_headers, sub_problems = find_records(path, recursive=True)
+            sub_headers, sub_problems = find_records(path, True, headers_without_recording)
             header_paths += sub_headers
             problems += sub_problems
             continue
         if root.startswith(".") or extension not in (".hea", ".mat"):
             continue
         if extension == ".hea":
-            if root + ".mat" in present and os.path.isfile(os.path.join(directory, root + ".mat")):
+            if headers_without_recording or (root + ".mat" in present
+                                             and os.path.isfile(os.path.join(directory, root + ".mat"))):
                 header_paths.append(path)
             else:
                 problems.append(f"{path}: header has no recording file {root}.mat")

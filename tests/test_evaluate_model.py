@@ -142,12 +142,17 @@ def test_empty_or_absent_folders(tmp_path):
     ("#A0001\n164889003\n1\n", "expected 4 lines"),
     ("#A0001\n164889003,426783006\n1\n0.5,0.5\n", "2 classes but 1 binary and 2 scalar"),
 ])
-def test_malformed_output_file(folders, text, message):
+def test_malformed_output_file_is_named_and_scored_negative(folders, capsys, text, message):
     labels, outputs = folders
     (outputs / "A0001.csv").write_text(text)
     with pytest.raises(ValueError, match=message) as error:
-        evaluation.load_evaluation(str(labels), str(outputs), TABLE)
+        evaluation.read_output_file(str(outputs / "A0001.csv"))
     assert "A0001.csv" in str(error.value)
+    result = evaluation.load_evaluation(str(labels), str(outputs), TABLE)
+    row = result.record_ids.index("A0001")
+    assert not result.binary_outputs[row].any() and not result.scalar_outputs[row].any()
+    err = capsys.readouterr().err
+    assert "A0001.csv" in err and message in err and "taken as negative" in err
 
 
 def test_reordered_partial_and_extra_classes(tmp_path, folders):

@@ -140,3 +140,30 @@ def test_package_exports_selective_scan_fn():
     from ecgmamba.selective_scan import selective_scan_fn as direct
 
     assert selective_scan_fn is direct
+
+
+def _cuda_kernels_available():
+    from ecgmamba.selective_scan import load_mamba_selective_scan
+
+    return torch.cuda.is_available() and load_mamba_selective_scan() is not None
+
+
+@pytest.mark.skipif(not _cuda_kernels_available(), reason="needs CUDA and mamba-ssm with its CUDA extension")
+@pytest.mark.parametrize("cls_token", ["middle", "none"])
+def test_whole_model_cuda_kernels_match_cpu_on_the_same_weights(cls_token):
+    """One set of weights: the CPU path (fused numba scan, F.conv1d) and the CUDA path (mamba-ssm's scan,
+    causal_conv1d when installed) give the same probabilities, in float32 and under bf16 autocast."""
+    torch.manual_seed(0)
+    config = preset_config("small", num_classes=26, cls_token=cls_token, depth=2)
+    cpu_model = ECGMamba(config).eval()
+    gpu_model = ECGMamba(config).eval()
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    gpu_model.cuda()
+    x = torch.randn(4, 12, config.num_samples)
+    with torch.no_grad():
+        p_cpu = torch.sigmoid(cpu_model(x))
+        p_gpu = torch.sigmoid(gpu_model(x.cuda())).cpu()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            p_bf16 = torch.sigmoid(gpu_model(x.cuda()).float()).cpu()
+    assert (p_cpu - p_gpu).abs().max() < 1e-4
+    assert (p_cpu - p_bf16).abs().max() < 5e-2

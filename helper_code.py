@@ -178,11 +178,9 @@ def get_num_samples(header):
     return _record_number(header, 3)
 
 
-# Split a WFDB gain field `gain(baseline)/units` into gain and baseline strings (baseline None when absent).
-def _gain_and_baseline(gain_field):
-    gain = gain_field.split('/')[0]
-    gain, parenthesis, baseline = gain.partition('(')
-    return gain, (baseline.rstrip(')') if parenthesis else None)
+# The gain of a WFDB gain field `gain(baseline)/units` (the official helper reads no gain where a baseline is given).
+def _gain(gain_field):
+    return gain_field.split('/')[0].partition('(')[0]
 
 
 # Get analog-to-digital converter (ADC) gains from header; 0 where the gain cannot be read.
@@ -191,23 +189,20 @@ def get_adc_gains(header, leads):
     _, signal_fields = _header_fields(header)
     for fields in signal_fields:
         if fields[-1] in leads and len(fields) > 2:
-            gain, _ = _gain_and_baseline(fields[2])
+            gain = _gain(fields[2])
             if is_number(gain):
                 adc_gains[leads.index(fields[-1])] = float(gain)
     return adc_gains
 
 
-# Get baselines from header; 0 where the baseline cannot be read.
+# Get baselines from header: the adc_zero field, as in the official helper (which never reads a baseline given in
+# parentheses after the gain; ecgmamba.records does, for the conversion to millivolts); 0 where it cannot be read.
 def get_baselines(header, leads):
     baselines = np.zeros(len(leads))
     _, signal_fields = _header_fields(header)
     for fields in signal_fields:
-        if fields[-1] in leads and len(fields) > 4:
-            _, baseline = _gain_and_baseline(fields[2])
-            if baseline is None:
-                baseline = fields[4]  # WFDB: without a baseline in parentheses, the baseline is adc_zero
-            if is_number(baseline):
-                baselines[leads.index(fields[-1])] = float(baseline)
+        if fields[-1] in leads and len(fields) > 4 and is_number(fields[4].split('/')[0]):
+            baselines[leads.index(fields[-1])] = float(fields[4].split('/')[0])
     return baselines
 
 

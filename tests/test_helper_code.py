@@ -99,7 +99,8 @@ def test_gain_with_baseline_in_parentheses_is_read():
     # The official helper gives 0.0 here because float('1000.0(0)') fails.
     header = make_header(gain="1000.0(0)/mV", zero="5")
     assert hc.get_adc_gains(header, TWELVE).tolist() == [1000.0] * 12
-    assert hc.get_baselines(header, ("I",)).tolist() == [0.0]  # WFDB: the parenthesised baseline wins
+    # Baselines stay the official helper's: adc_zero, even where WFDB's parenthesised baseline differs.
+    assert hc.get_baselines(header, ("I",)).tolist() == [5.0]
     assert hc.get_adc_gains(make_header(gain="1000(0)/mv"), ("I",)).tolist() == [1000.0]
 
 

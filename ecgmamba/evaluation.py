@@ -30,7 +30,7 @@ from ecgmamba.metrics import (METRIC_NAMES, bootstrap_ci, class_curve, compute_a
 from ecgmamba.records import parse_labels
 from ecgmamba.scoring import ScoringTable, encode_labels, load_scoring
 
-# Record-id prefix -> source database of the 2021 training data; the longest matching prefix wins.
+# Record-id prefix (followed by the record number) -> source database of the 2021 training data.
 SOURCES = (
     ("HR", "PTB-XL"),
     ("JS", "Chapman-Shaoxing + Ningbo"),
@@ -54,9 +54,10 @@ class Evaluation:
 
 
 def source_of(record_id):
-    """Source database of a Challenge record id (e.g. 'HR00001' -> 'PTB-XL'); 'other' if unknown."""
+    """Source database of a Challenge record id (e.g. 'HR00001' -> 'PTB-XL'); 'other' if unknown, such as the
+    synthetic 'SYN00001' (a prefix counts only when a digit follows it)."""
     for prefix, source in SOURCES:
-        if record_id.startswith(prefix):
+        if record_id.startswith(prefix) and record_id[len(prefix):len(prefix) + 1].isdigit():
             return source
     return "other"
 

@@ -203,8 +203,9 @@ def test_equivalent_codes_joined_in_output_header(tmp_path):
 
 def test_source_of():
     assert [evaluation.source_of(r) for r in ("A0001", "Q0001", "I01", "S0001", "HR00001", "E00001", "JS00001",
-                                               "X1")] == \
-        ["CPSC", "CPSC-Extra", "INCART", "PTB", "PTB-XL", "Georgia", "Chapman-Shaoxing + Ningbo", "other"]
+                                               "X1", "SYN00001", "SYNTR00001", "HRV1", "E00001.mat")] == \
+        ["CPSC", "CPSC-Extra", "INCART", "PTB", "PTB-XL", "Georgia", "Chapman-Shaoxing + Ningbo", "other", "other",
+         "other", "other", "Georgia"]
 
 
 def test_by_source_bootstrap_and_plots(folders, tmp_path, capsys):

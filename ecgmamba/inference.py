@@ -56,12 +56,12 @@ def load_model(model_directory, leads, device=None):
     leads (the shared model was trained with absent leads zeroed, so slicing is exact).
 
     Only the standard leads among `leads` count (records.standard_leads): a duplicated name counts once, an
-    unknown name is ignored, as run_model reads the first row of a duplicated lead and ignores unknown ones."""
+    unknown name is ignored, as run_model reads the first row of a duplicated lead and ignores unknown ones. With
+    no standard lead at all, the 12-lead model is returned and run_model refuses each such recording by name: the
+    organizers' driver loads models outside its try/except, so one odd header must not stop their whole run."""
     from ecgmamba.train import specialise
 
-    given, leads = tuple(leads), standard_leads(leads)
-    if not leads:
-        raise ValueError(f"none of the leads {list(given)} is one of the twelve standard leads")
+    leads = standard_leads(leads) or TWELVE_LEADS
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     stem = os.path.join(model_directory, model_file_stem(leads))
     sliced = not os.path.isfile(stem + ".json")

@@ -22,25 +22,32 @@ from ecgmamba.records import LEAD_SETS, RecordError, find_records, read_header, 
 
 
 def reduce_header(text, leads, path="<header>"):
-    """Header text keeping only the signal lines of `leads`, in that order; comments untouched."""
+    """Header text keeping only the signal lines of `leads`, in that order; comments untouched (also blank or
+    comment lines before the record line, which the reader accepts)."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    first = lines[0].split()
-    if len(first) < 2:
-        raise RecordError(path, "first line has no lead count")
+    start = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")), None)
+    first = lines[start].split() if start is not None else []
+    if len(first) < 2 or not first[1].isdigit():
+        raise RecordError(path, "no record line with a lead count")
     num_leads = int(first[1])
-    signal_lines = lines[1:1 + num_leads]
-    by_lead = {line.split()[-1]: line for line in signal_lines if line.split()}
+    signal_lines = lines[start + 1:start + 1 + num_leads]
+    by_lead = {}
+    for line in signal_lines:
+        if line.split():
+            by_lead.setdefault(line.split()[-1], line)  # a duplicated name: the first, as the reader does
     missing = [lead for lead in leads if lead not in by_lead]
     if missing:
         raise RecordError(path, f"leads {missing} not in header")
     first[1] = str(len(leads))
-    return "\n".join([" ".join(first)] + [by_lead[lead] for lead in leads] + lines[1 + num_leads:])
+    return "\n".join(lines[:start] + [" ".join(first)] + [by_lead[lead] for lead in leads]
+                     + lines[start + 1 + num_leads:])
 
 
 def write_reduced_copy(data_directory, output_directory, leads):
-    """Copy every readable recording of `data_directory` into `output_directory` with only `leads` kept."""
+    """Copy every readable recording of `data_directory` (and its sub-folders, as the public data unpacks into one
+    folder per database) into `output_directory`, flat, with only `leads` kept. Returns the problems met."""
     os.makedirs(output_directory, exist_ok=True)
-    header_files, problems = find_records(data_directory)
+    header_files, problems = find_records(data_directory, recursive=True)
     for header_file in header_files:
         try:
             header = read_header(header_file)
@@ -97,11 +104,20 @@ def main(argv=None):
     parser.add_argument("--team-code", default="team_code", help="module with load_model and run_model")
     args = parser.parse_args(argv)
 
+    for name in ("model_directory", "data_directory"):
+        if not os.path.isdir(getattr(args, name)):
+            parser.error(f"{getattr(args, name)}: no such folder")
     sys.path.insert(0, os.getcwd())
-    team_code = importlib.import_module(args.team_code)
+    try:
+        team_code = importlib.import_module(args.team_code)
+    except ImportError as error:
+        parser.error(f"cannot import --team-code {args.team_code!r}: {error}")
     with tempfile.TemporaryDirectory() as scratch:
-        rows = score_lead_sets(team_code, args.model_directory, args.data_directory, args.work or scratch,
-                               weights=args.weights)
+        try:
+            rows = score_lead_sets(team_code, args.model_directory, args.data_directory, args.work or scratch,
+                                   weights=args.weights)
+        except (RecordError, ValueError) as error:
+            sys.exit(f"error: {error}")
     print(format_table(rows))
 
 

@@ -73,3 +73,31 @@ def test_score_lead_sets_runs_every_lead_set(tmp_path, data_dir):
         assert scores["AUROC"] == pytest.approx(1.0)
     table = format_table(rows)
     assert table.count("\n") == len(LEAD_SETS) + 1 and "2: I,II" in table
+
+
+def test_reduce_header_keeps_lines_before_the_record_line_and_first_of_a_duplicated_lead():
+    text = "# made by hand\n\nR1 3 500 10\nR1.mat 16 1000/mV 16 0 1 0 0 I\nR1.mat 16 1000/mV 16 0 2 0 0 I\n" \
+           "R1.mat 16 1000/mV 16 0 3 0 0 II\n#Dx: 164889003\n"
+    assert reduce_header(text, ("I", "II")).splitlines() == [
+        "# made by hand", "", "R1 2 500 10", "R1.mat 16 1000/mV 16 0 1 0 0 I", "R1.mat 16 1000/mV 16 0 3 0 0 II",
+        "#Dx: 164889003"]
+    with pytest.raises(ValueError, match="no record line"):
+        reduce_header("# only a comment\n", ("I",), "R2.hea")
+
+
+def test_reduced_copy_walks_per_database_folders(tmp_path, data_dir):
+    nested = tmp_path / "nested"
+    for i, name in enumerate(sorted(p.name for p in data_dir.iterdir())):
+        folder = nested / ("g1" if i < 10 else "g2")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes((data_dir / name).read_bytes())
+    assert write_reduced_copy(str(nested), str(tmp_path / "out"), ("I", "II")) == []
+    assert len(helper_code.find_challenge_files(str(tmp_path / "out"))[0]) == 12
+
+
+def test_command_line_names_a_missing_folder(tmp_path, capsys):
+    from ecgmamba.reduced_leads import main
+
+    with pytest.raises(SystemExit) as exit:
+        main([str(tmp_path / "no-model"), str(tmp_path)])
+    assert exit.value.code == 2 and "no-model: no such folder" in capsys.readouterr().err

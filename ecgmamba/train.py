@@ -213,11 +213,16 @@ def tune_thresholds(labels, probabilities, table, grid=np.linspace(0.05, 0.95, 1
 def distributed_context():
     """(rank, world_size, local_rank); initialises the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if world > 1:
-        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
+    if world == 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)  # before NCCL starts, or every rank's collectives land on cuda:0
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    return dist.get_rank(), world, local_rank
 
 
 def barrier(world):
@@ -479,6 +484,9 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
                              "prior": [float(p) for p in prior]})
             print(f"Saved {model_file_stem(leads)}: validation AUROC {scores['auroc']:.3f}  "
                   f"AUPRC {scores['auprc']:.3f}  Challenge {scores['challenge']:.3f}", file=sys.stderr)
+    if rank == 0:  # the count again at the end, where a long run's log is read first
+        print(f"Done: {len(models)} lead-set models in {model_directory}, trained on {len(cache)} recordings "
+              f"({skipped} skipped)", file=sys.stderr)
     barrier(world)
     if world > 1:
         dist.destroy_process_group()

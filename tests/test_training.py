@@ -76,12 +76,16 @@ def test_run_model_on_every_lead_set_writes_official_outputs(tmp_path, data_dir,
     result = run(["run_model.py", trained_model, reduced, str(tmp_path / "out")], tiny_env())
     assert result.returncode == 0, result.stderr[-3000:]
     headers, _ = helper_code.find_challenge_files(reduced)
+    assert f"Done: {len(headers)} recordings, 0 failed, 0 skipped" in result.stdout
+    with open(os.path.join(trained_model, "model_" + "-".join(leads) + ".json")) as f:
+        prior = np.array(json.load(f)["prior"])
     for header_file in headers:
         name = os.path.basename(header_file).replace(".hea", ".csv")
         recording_id, classes, labels, probabilities = helper_code.load_outputs(str(tmp_path / "out" / name))
         assert recording_id.strip() == name[:-4]
         assert len(classes) == len(labels) == len(probabilities) == 26
         assert set(labels) <= {"0", "1"} and all(0.0 <= p <= 1.0 for p in probabilities)
+        assert np.abs(np.array(probabilities) - prior).max() > 1e-3  # the network's answer, not the fallback
 
 
 def test_loading_and_running_never_unpickles(trained_model, data_dir, monkeypatch):
@@ -144,7 +148,7 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path, data_dir):
 def test_ddp_with_gloo_two_processes(tmp_path, data_dir):
     model_dir = str(tmp_path / "ddp")
     env = tiny_env(epochs=1)
-    result = run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    result = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                   "train_model.py", data_dir, model_dir], env)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_log(model_dir)
@@ -184,7 +188,29 @@ def test_real_sample_records_train_and_run(tmp_path, sample_dir):
     model_dir, out_dir = str(tmp_path / "model"), str(tmp_path / "out")
     result = run(["train_model.py", str(sample_dir), model_dir], tiny_env())
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "(0 skipped)" in result.stderr
+    assert "Training on 50 recordings (0 skipped)" in result.stderr
     result = run(["run_model.py", model_dir, str(sample_dir), out_dir], tiny_env())
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(os.listdir(out_dir)) == 50 and "0 failed" in result.stdout
+    assert len(os.listdir(out_dir)) == 50 and "Done: 50 recordings, 0 failed, 0 skipped" in result.stdout
+
+
+def test_cache_is_reused_while_the_data_is_unchanged_and_rebuilt_when_it_changes(tmp_path, data_dir):
+    from ecgmamba.cache import build_cache
+
+    data, cache_dir = tmp_path / "data", str(tmp_path / "cache")
+    data.mkdir()
+    for name in sorted(os.listdir(data_dir))[:12]:
+        (data / name).write_bytes(open(os.path.join(data_dir, name), "rb").read())
+    quiet = dict(workers=1, progress=False, log=lambda message: None)
+    first = build_cache(str(data), cache_dir, **quiet)
+    signals = os.path.join(cache_dir, "signals.npy")
+    built = os.stat(signals).st_mtime_ns
+    time.sleep(0.01)
+    again = build_cache(str(data), cache_dir, **quiet)
+    assert os.stat(signals).st_mtime_ns == built and again.record_ids == first.record_ids
+    header = sorted(data.glob("*.hea"))[0]  # record 0: its labels are removed
+    header.write_text("\n".join(l for l in header.read_text().splitlines() if not l.startswith("#Dx")) + "\n")
+    rebuilt = build_cache(str(data), cache_dir, **quiet)
+    assert os.stat(signals).st_mtime_ns != built
+    assert first.labels[0].any() and not rebuilt.labels[0].any()
+    np.testing.assert_array_equal(rebuilt.labels[1:], first.labels[1:])

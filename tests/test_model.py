@@ -40,10 +40,15 @@ def reference_branch(mixer, x, z, suffix):
 def test_paper_preset_gives_729_tokens():
     config = preset_config("paper")
     assert stem_output_length(config) == 729
-    model = ECGMamba(preset_config("paper", depth=1))
+    model = ECGMamba(preset_config("paper", depth=1)).eval()  # the paper's stem and width; one block for speed
     with torch.no_grad():
         tokens = model.stem(torch.zeros(1, 12, 8192))
     assert tokens.shape == (1, 384, 729)
+    seen = []
+    model.layers[0].register_forward_hook(lambda module, args, output: seen.append(output[0].shape))
+    with torch.no_grad():
+        logits = model(torch.randn(1, 12, 8192))
+    assert seen == [(1, 730, 384)] and logits.shape == (1, 26)  # 729 tokens + the class token
 
 
 def test_bidirectional_block_is_forward_plus_flipped_backward():
@@ -96,6 +101,32 @@ def test_class_token_positions_and_backward(cls_token):
     tokens = model.num_tokens
     expected = {"middle": tokens // 2, "end": tokens, "none": None}[cls_token]
     assert model.token_position(tokens) == expected
+    # The feature the head sees is the final norm's output at the class token (or the mean without one).
+    final = []
+    model.norm_f.register_forward_hook(lambda module, args, output: final.append(output))
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(2, 12, 512))
+    normed = final[-1]
+    assert normed.shape[1] == tokens + (cls_token != "none")
+    torch.testing.assert_close(features, normed.mean(1) if expected is None else normed[:, expected])
+
+
+def test_whole_model_is_bidirectional():
+    """A change in the second half of the record reaches the middle class token only through the backward
+    branches: with them silenced, the feature is unchanged (the test can fail), with them, it changes."""
+    torch.manual_seed(2)
+    model = ECGMamba(tiny_config(cls_token="middle")).double().eval()
+    x = torch.randn(1, 12, 512, dtype=torch.float64)
+    x2 = x.clone()
+    x2[..., 300:340] += 1.0  # stem tokens 23 and later; the class token sits at 21
+    with torch.no_grad():
+        assert (model.forward_features(x) - model.forward_features(x2)).abs().max() > 1e-3
+        for layer in model.layers:
+            branch = layer.mixer.branch
+            layer.mixer.branch = (lambda original: lambda x, z, direction: (
+                original(x, z, direction) * (direction == "forward")))(branch)
+        torch.testing.assert_close(model.forward_features(x), model.forward_features(x2), rtol=0, atol=0)
 
 
 def test_other_window_lengths_interpolate_position_embedding():

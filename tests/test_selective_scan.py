@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ecgmamba import selective_scan as scan
 from ecgmamba.selective_scan import scan_backend, selective_scan_fn, selective_scan_ref
@@ -85,6 +87,18 @@ OPTIONS = [  # which optional inputs are given, delta_softplus, return_last_stat
     dict(D=True, z=False, delta_bias=True, delta_softplus=False, return_last_state=True),
     dict(D=False, z=True, delta_bias=False, delta_softplus=True, return_last_state=False),
 ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(1, 3), dim=st.integers(1, 6), dstate=st.integers(1, 5), length=st.integers(1, 23),
+       form=st.sampled_from(["variable", "constant", "groups1"]), softplus=st.booleans(), seed=st.integers(0, 999))
+def test_random_shapes_match_the_recurrence_in_float64(batch, dim, dstate, length, form, softplus, seed):
+    inputs = make_inputs(batch, dim, dstate, length, form, seed=seed)
+    expected_out, expected_last = step_by_step(**inputs, delta_softplus=softplus)
+    for fn in (selective_scan_fn, selective_scan_ref):
+        out, last = fn(**inputs, delta_softplus=softplus, return_last_state=True)
+        assert relative_error(out, expected_out) < 1e-10, fn.__name__
+        assert relative_error(last, expected_last) < 1e-10, fn.__name__
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(k for k, v in o.items() if v) or "plain")

@@ -35,7 +35,7 @@ def main(argv=None):
     parser.add_argument("--work", default="demo_run", help="folder for data, model and outputs (default demo_run)")
     parser.add_argument("--train-records", type=int, default=1000)
     parser.add_argument("--test-records", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

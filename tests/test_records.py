@@ -112,6 +112,21 @@ def test_gain_field_variants_and_millivolts(tmp_path, gain, zero, expected_gain,
     np.testing.assert_allclose(signal, (val - expected_baseline) / expected_gain, rtol=1e-6)
 
 
+@pytest.mark.parametrize("variant", [
+    dict(gain="1000/mv"), dict(gain="1000.0(0)/mV", zero=7), dict(gain="1000(-12)/mV"), dict(gain="1000/mV", zero=7),
+    dict(gain="4880/mV"), dict(gain="200/mV"), dict(gain="200"), dict(fs="257"), dict(fs="1000"), dict(fmt="16"),
+    dict(fmt="16x1+24"),
+], ids=lambda v: ",".join(f"{k}={v}" for k, v in v.items()))
+def test_header_variants_agree_with_wfdb(tmp_path, variant):
+    wfdb = pytest.importorskip("wfdb")
+    header_path = write_record(tmp_path, header_text(**variant), ramp())
+    header = records.read_header(header_path)
+    reference = wfdb.rdheader(header_path[:-4])
+    assert (header.fs, header.num_samples, list(header.leads), list(header.units)) == (
+        reference.fs, reference.sig_len, reference.sig_name, reference.units)
+    assert header.gains.tolist() == reference.adc_gain and header.baselines.tolist() == reference.baseline
+
+
 def test_microvolt_units_are_converted_and_unknown_units_rejected(tmp_path):
     header_path = write_record(tmp_path, header_text(gain="1/uV"), ramp())
     _, signal = records.read_record(header_path)

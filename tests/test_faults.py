@@ -441,7 +441,13 @@ def test_training_skips_each_unusable_recording_with_one_line_and_counts_them(co
 def test_evaluate_model_scores_the_corpus_outputs(tmp_path, corpus, inference):
     out_dir = inference[0]
     assert evaluate_model.main([corpus, out_dir, str(tmp_path / "scores.csv")]) == 0
-    assert (tmp_path / "scores.csv").read_text().startswith("AUROC,AUPRC,Accuracy,F-measure,Challenge metric\n")
+    header, values = (tmp_path / "scores.csv").read_text().splitlines()
+    assert header == "AUROC,AUPRC,Accuracy,F-measure,Challenge metric"
+    scores = [float(v) for v in values.split(",")]
+    assert all(np.isfinite(scores)) and all(0 <= v <= 1 for v in scores[:4])
+    # Every header in the corpus was scored, the prior-only outputs like any other.
+    scored = evaluation.load_evaluation(corpus, out_dir, TABLE)
+    assert len(scored.record_ids) == len([name for name in os.listdir(corpus) if name.endswith(".hea")])
 
 
 def test_evaluate_model_output_faults(tmp_path, capsys):

@@ -13,7 +13,7 @@ import time
 from tqdm import tqdm
 
 from ecgmamba.records import (TWELVE_LEADS, RecordError, find_records, read_header, read_raw, recording_path,
-                              standard_leads)
+                              require_standard_leads)
 
 
 def output_csv(recording_id, classes, labels, probabilities):
@@ -108,6 +108,8 @@ def run_folder(team_code, model_directory, data_directory, output_directory, pro
         if batch_run is not None and len(pending) > 1:
             try:
                 results = [checked(r) for r in batch_run(model, [p[1].text for p in pending], [p[3] for p in pending])]
+                if len(results) != len(pending):
+                    raise ValueError(f"run_models returned {len(results)} results for {len(pending)} recordings")
             except Exception:  # noqa: BLE001 - fall back to one by one to find the culprit
                 results = None
         for i, (path, header, _, recording) in enumerate(pending):
@@ -126,10 +128,7 @@ def run_folder(team_code, model_directory, data_directory, output_directory, pro
         header = leads = None
         try:
             header = read_header(path)
-            leads = standard_leads(header.leads)
-            if not leads:
-                raise RecordError(path, f"none of the leads {list(header.leads)} is one of the twelve standard "
-                                        "leads")
+            leads = require_standard_leads(header)
             get_model(leads)
             recording = read_raw(recording_path(path), header, allow_non_finite=True)
         except Exception as error:  # noqa: BLE001
@@ -155,9 +154,10 @@ def run_folder(team_code, model_directory, data_directory, output_directory, pro
 
 
 def checked(result):
-    """A run_model result as (classes, labels, probabilities) of one length; ValueError otherwise."""
+    """A run_model result as (class strings, int labels, float probabilities) of one length, so that writing it
+    cannot fail; ValueError (or TypeError) otherwise, which the caller counts as that recording's failure."""
     classes, labels, probabilities = result
     if not len(classes) == len(labels) == len(probabilities):
         raise ValueError(f"run_model returned {len(classes)} classes, {len(labels)} labels and "
                          f"{len(probabilities)} probabilities")
-    return classes, labels, probabilities
+    return [str(c) for c in classes], [int(v) for v in labels], [float(p) for p in probabilities]

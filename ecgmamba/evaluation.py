@@ -123,7 +123,7 @@ def load_classifier_outputs(output_files, table):
     for i, output_file in enumerate(output_files):
         try:
             _, classes, binary, scalar = read_output_file(output_file)
-        except ValueError as error:
+        except (ValueError, OSError) as error:
             print(f"- {error}; all its outputs are taken as negative", file=sys.stderr)
             continue
         binary_values = [[] for _ in range(table.num_classes)]

@@ -562,6 +562,36 @@ def test_run_model_with_an_unloadable_model_names_it_once_and_exits_non_zero(tmp
     assert "Done: 0 recordings, 3 failed" in out
 
 
+def test_a_team_code_that_answers_badly_costs_only_its_recordings(tmp_path, corpus):
+    """run_models returning too few results, or run_model a label that is not a number, must not stop the run."""
+    from ecgmamba.driver import run_folder
+
+    data = tmp_path / "data"
+    data.mkdir()
+    names = ["BASE", "T_crlf", "F_int32", "T_no_dx"]
+    for name in names:
+        for extension in (".hea", ".mat"):
+            shutil.copy(os.path.join(corpus, name + extension), data / (name + extension))
+    classes = ["164889003", "426783006"]
+
+    def run_model(model, header, recording):
+        if header.startswith("F_int32"):
+            return classes, ["yes", 0], [0.5, 0.5]  # not a 0/1 label
+        return classes, [1, 0], [0.9, 0.1]
+
+    team = SimpleNamespace(load_model=lambda directory, leads: SimpleNamespace(classes=classes, prior=None),
+                           run_model=run_model,
+                           run_models=lambda model, headers, recordings: [run_model(model, headers[0], None)])
+    messages = []
+    summary = run_folder(team, "unused", str(data), str(tmp_path / "out"), progress=False, log=messages.append)
+    assert summary["done"] == 3 and [os.path.basename(path) for path, _ in summary["failed"]] == ["F_int32.hea"]
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(name + ".csv" for name in names)
+    _, _, labels, probabilities = read_csv(str(tmp_path / "out"), "BASE")
+    assert labels == [1, 0] and probabilities.tolist() == [0.9, 0.1]
+    assert read_csv(str(tmp_path / "out"), "F_int32")[2] == [0, 0]
+    assert len(messages) == 1 and "F_int32" in messages[0] and "yes" in messages[0]
+
+
 # For each MODEL_DIR:MOMENT argument, a forked child saves a changed 2-lead model into MODEL_DIR and SIGKILLs itself
 # at MOMENT: "weights" halfway through writing the weights, "json" after the weights, before their description.
 KILLED_SAVES = """

@@ -7,9 +7,9 @@ here keeps the official name, arguments, return values and return types on well-
 in the project may rely on behaviour beyond that API. Where the official helper silently gives a wrong or empty
 answer on headers that occur in the public data, these functions are more tolerant, never less:
 
-- gains written as `1000.0(0)/mV` give 1000.0 (the official get_adc_gains gives 0.0 for them);
-- baselines follow WFDB: the value in parentheses after the gain, else adc_zero (the official get_baselines
-  always reads adc_zero; the two agree on every public Challenge header);
+- gains written as `1000.0(0)/mV` give 1000.0 (the official get_adc_gains gives 0.0 for them); get_baselines
+  still returns adc_zero as the official one does, never the parenthesised WFDB baseline, so the two must not be
+  combined into a conversion to physical units where a header gives a baseline in parentheses;
 - `# Age: 74`, `#Age:74`, `#dx: ...` are read (the official helper only reads lines starting `#Age: `, `#Dx: `);
 - a blank `#Dx:` gives no labels (the official get_labels gives ['']);
 - Windows line endings, runs of spaces or tabs between fields, blank lines and comments before the record line;

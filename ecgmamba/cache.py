@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from ecgmamba.checkpoint import save_json
 from ecgmamba.preprocess import PreprocessConfig, preprocess_recording, resampled_length
-from ecgmamba.records import (TWELVE_LEADS, RecordError, find_records, read_header, read_signal, select_leads,
-                              standard_leads)
+from ecgmamba.records import (TWELVE_LEADS, RecordError, find_records, read_header, read_signal,
+                              require_standard_leads, select_leads)
 from ecgmamba.scoring import encode_labels
 
 CACHE_VERSION = 2
@@ -120,9 +120,7 @@ def build_cache(data_directory, cache_directory, preprocess=PreprocessConfig(), 
     for path in header_files:
         try:
             header = read_header(path)
-            if not standard_leads(header.leads):
-                raise RecordError(path, f"none of the leads {list(header.leads)} is one of the twelve standard "
-                                        "leads")
+            require_standard_leads(header)
             if header.num_samples < MIN_TRAINING_SECONDS * header.fs:
                 raise RecordError(path, f"recording lasts {header.num_samples / header.fs:.3g} s; training needs "
                                         f"at least {MIN_TRAINING_SECONDS:g} s")

@@ -217,13 +217,6 @@ def recording_path(header_path):
     return os.path.splitext(header_path)[0] + ".mat"
 
 
-def sort_leads(leads):
-    """Leads in the standard twelve-lead order, others after them in their given order (as helper_code's)."""
-    leads = list(leads)
-    position = {lead: i for i, lead in enumerate(TWELVE_LEADS)}
-    return tuple(sorted(leads, key=lambda lead: position.get(lead, len(TWELVE_LEADS) + leads.index(lead))))
-
-
 def standard_leads(leads):
     """The standard twelve leads among `leads`, each once, in the standard order: the leads a model can use.
 
@@ -231,6 +224,14 @@ def standard_leads(leads):
     """
     present = set(leads)
     return tuple(lead for lead in TWELVE_LEADS if lead in present)
+
+
+def require_standard_leads(header):
+    """standard_leads of a parsed header; RecordError naming its file when there is none."""
+    leads = standard_leads(header.leads)
+    if not leads:
+        raise RecordError(header.path, f"none of the leads {list(header.leads)} is one of the twelve standard leads")
+    return leads
 
 
 def check_recording(raw, header, path=None, allow_non_finite=False):

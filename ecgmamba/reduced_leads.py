@@ -48,7 +48,12 @@ def write_reduced_copy(data_directory, output_directory, leads):
     folder per database) into `output_directory`, flat, with only `leads` kept. Returns the problems met."""
     os.makedirs(output_directory, exist_ok=True)
     header_files, problems = find_records(data_directory, recursive=True)
+    written = {}
     for header_file in header_files:
+        name = os.path.splitext(os.path.basename(header_file))[0]
+        if name in written:  # flat output: a second record of the same name would overwrite the first
+            problems.append(f"{header_file}: record name {name} already taken by {written[name]}")
+            continue
         try:
             header = read_header(header_file)
             recording = read_raw(os.path.splitext(header_file)[0] + ".mat", header)
@@ -57,7 +62,8 @@ def write_reduced_copy(data_directory, output_directory, leads):
         except (RecordError, ValueError) as error:
             problems.append(str(error))
             continue
-        root = os.path.join(output_directory, os.path.splitext(os.path.basename(header_file))[0])
+        written[name] = header_file
+        root = os.path.join(output_directory, name)
         with open(root + ".hea", "w") as f:
             f.write(text)
         scipy.io.savemat(root + ".mat", {"val": np.ascontiguousarray(recording[rows])}, format="4")

@@ -281,8 +281,13 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
 
     state = {"epoch": 0, "step": 0, "best": -math.inf, "best_epoch": -1, "stale": 0, "history": []}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if os.path.isfile(ckpt_path):
-        tensors, meta = checkpoint.load_checkpoint(ckpt_path)
+    try:
+        tensors, meta = checkpoint.load_checkpoint(ckpt_path) if os.path.isfile(ckpt_path) else (None, None)
+    except checkpoint.ModelFileError as error:  # damaged, or from an older version: this phase starts afresh
+        tensors = None
+        if rank == 0:
+            print(f"[{name}] cannot resume ({error}); training this phase from the start", file=sys.stderr)
+    if tensors is not None:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         checkpoint.optimizer_from_tensors(optimizer, tensors, meta["optimizer"])

@@ -306,12 +306,6 @@ def test_read_raw_keeps_stored_values_and_checks_them(tmp_path):
 
 # --- leads and directories ---
 
-def test_sort_leads_matches_helper_code():
-    for leads in [("V1", "I", "Y", "aVR", "X"), ("II", "I"), TWELVE_LEADS[::-1], ()]:
-        assert records.sort_leads(leads) == helper_code.sort_leads(leads)
-    assert records.sort_leads(["V2", "II", "I"]) == ("I", "II", "V2")
-
-
 def test_select_leads():
     signal = np.arange(6, dtype=np.float32).reshape(3, 2)
     selected = records.select_leads(signal, ("I", "II", "V2"), ("V2", "aVR", "I"))

@@ -101,3 +101,14 @@ def test_command_line_names_a_missing_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main([str(tmp_path / "no-model"), str(tmp_path)])
     assert exit.value.code == 2 and "no-model: no such folder" in capsys.readouterr().err
+
+
+def test_reduced_copy_reports_a_record_name_found_twice(tmp_path, data_dir):
+    nested = tmp_path / "nested"
+    for folder in ("g1", "g2"):
+        (nested / folder).mkdir(parents=True)
+        for path in sorted(data_dir.iterdir())[:2]:  # the same record in both folders
+            (nested / folder / path.name).write_bytes(path.read_bytes())
+    problems = write_reduced_copy(str(nested), str(tmp_path / "out"), ("I", "II"))
+    assert len(problems) == 1 and "already taken by" in problems[0] and "g2" in problems[0]
+    assert len(helper_code.find_challenge_files(str(tmp_path / "out"))[0]) == 1

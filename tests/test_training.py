@@ -214,3 +214,13 @@ def test_cache_is_reused_while_the_data_is_unchanged_and_rebuilt_when_it_changes
     assert os.stat(signals).st_mtime_ns != built
     assert first.labels[0].any() and not rebuilt.labels[0].any()
     np.testing.assert_array_equal(rebuilt.labels[1:], first.labels[1:])
+
+
+def test_an_unusable_checkpoint_is_named_and_the_phase_starts_afresh(tmp_path, data_dir):
+    model_dir = tmp_path / "model"
+    (model_dir / "checkpoints").mkdir(parents=True)
+    (model_dir / "checkpoints" / "shared.safetensors").write_bytes(b"not a checkpoint")
+    result = run(["train_model.py", data_dir, str(model_dir)], tiny_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[shared] cannot resume (" in result.stderr and "shared.safetensors" in result.stderr
+    assert [r["epoch"] for r in read_log(str(model_dir))] == ["1"]

@@ -323,17 +323,21 @@ def test_usable_faults_are_classified_like_the_clean_record(trained, inference):
     prior = np.array(model_meta(trained[0])["prior"])
     reference = {"same": read_csv(out_dir, "BASE")[3], "same11": read_csv(out_dir, "REF_11")[3],
                  "interpolated": read_csv(out_dir, "REF_interp")[3]}
-    # The tiny model's answers differ little between records (about 1e-7 between BASE and REF_interp) but are
-    # reproducible to the last bit whatever the batch they run in, so "same" is checked to 1e-9.
-    for a, b in (("same", "same11"), ("same", "interpolated"), ("same11", "interpolated")):
-        assert np.abs(reference[a] - reference[b]).max() > 1e-8, (a, b)
+    # The tiny model's answers differ little between records (about 1e-7 between the references), and float32
+    # work batched differently moves them by a few units in the last place (up to about 1e-8). So a record must be
+    # within float noise of its own reference and several times nearer to it than to either other reference.
+    def distance(a, b):
+        return float(np.abs(a - b).max())
+
     for name, (outcome, _, _) in CORPUS.items():
         if outcome in ("prior", "none"):
             continue
         probabilities = read_csv(out_dir, name)[3]
-        assert np.abs(probabilities - prior).max() > 1e-3, name
+        assert distance(probabilities, prior) > 1e-3, name
         if outcome in reference:
-            np.testing.assert_allclose(probabilities, reference[outcome], rtol=0, atol=1e-9, err_msg=name)
+            own = distance(probabilities, reference[outcome])
+            nearest_other = min(distance(probabilities, reference[o]) for o in reference if o != outcome)
+            assert own <= 5e-8 and own * 4 < nearest_other, (name, own, nearest_other)
 
 
 def test_run_model_interpolates_non_finite_samples_and_refuses_recordings_without_signal():

@@ -91,10 +91,11 @@ def test_any_lead_count(num_leads):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("cls_token", ["middle", "end", "none"])
-def test_class_token_positions_and_backward(cls_token):
+@pytest.mark.parametrize("cls_token, pooling", [("middle", "mean"), ("end", "mean"), ("none", "mean"),
+                                                ("none", "mean+max")])
+def test_class_token_positions_and_backward(cls_token, pooling):
     torch.manual_seed(0)
-    model = ECGMamba(tiny_config(cls_token=cls_token, divide_out=cls_token != "end"))
+    model = ECGMamba(tiny_config(cls_token=cls_token, pooling=pooling, divide_out=cls_token != "end"))
     out = model(torch.randn(3, 12, 512))
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
@@ -109,7 +110,11 @@ def test_class_token_positions_and_backward(cls_token):
         features = model.forward_features(torch.randn(2, 12, 512))
     normed = final[-1]
     assert normed.shape[1] == tokens + (cls_token != "none")
-    torch.testing.assert_close(features, normed.mean(1) if expected is None else normed[:, expected])
+    if expected is not None:
+        torch.testing.assert_close(features, normed[:, expected])
+    else:
+        pooled = normed.mean(1) if pooling == "mean" else 0.5 * (normed.mean(1) + normed.amax(1))
+        torch.testing.assert_close(features, pooled)
 
 
 def test_whole_model_is_bidirectional():
@@ -156,6 +161,12 @@ def test_config_round_trip_and_unknown_keys():
         ModelConfig.from_dict({"d_modle": 3})
     with pytest.raises(ValueError, match="unknown preset"):
         preset_config("huge")
+    with pytest.raises(ValueError, match="pooling must be"):
+        ECGMamba(tiny_config(cls_token="none", pooling="max"))
+    # A model description saved before `pooling` existed loads as mean pooling, as it was trained.
+    old = preset_config("small").to_dict()
+    del old["pooling"]
+    assert ModelConfig.from_dict(old).pooling == "mean"
 
 
 def test_presets_parameter_counts_and_flops():

@@ -20,7 +20,7 @@ from ecgmamba.synthetic import LEARNABLE_CLASSES, generate_dataset
 from ecgmamba.train import TrainConfig, training_code
 
 
-# The CPU preset with its defaults (batch 16, lr 3e-3, mean pooling, signals in mV), on the CPU.
+# The CPU preset with its defaults (batch 16, lr 3e-3, mean + max pooling, signals in mV), on the CPU.
 DEMO_SETTINGS = dict(preset="small", device="cpu")
 
 

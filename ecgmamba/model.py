@@ -6,7 +6,7 @@ Layout (after ECG-Mamba and Vision Mamba "bimamba v2"):
       -> CNN stem: two Conv1d + BatchNorm + ReLU layers  -> tokens (B, L, d_model)
       -> class token (middle as in Vim, or end as in ECG-Mamba-V2) + learned position embedding
       -> depth x Block: residual stream kept in float32, RMSNorm, BiMamba mixer, drop-path
-      -> final RMSNorm -> class-token feature (or mean over tokens) -> Linear -> one logit per class
+      -> final RMSNorm -> class-token feature (or mean, or mean + max, over tokens) -> Linear -> one logit per class
 
 The BiMamba mixer runs the same selective-state-space branch twice, once on the sequence and once on the flipped
 sequence with its own weights (`*_b`), and adds the two. The scan and the causal conv use mamba-ssm's and

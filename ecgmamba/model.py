@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ecgmamba.selective_scan import selective_scan_fn
+from ecgmamba.selective_scan import pick_backend, selective_scan_fn
 
 
 @dataclass
@@ -115,6 +115,49 @@ def causal_conv1d_silu(x, weight, bias):
     kernel = weight.shape[-1]
     y = F.conv1d(x, weight, bias, padding=kernel - 1, groups=x.shape[1])[..., : x.shape[-1]]
     return F.silu(y)
+
+
+SCAN_NAMES = {"mamba_ssm": "mamba-ssm CUDA kernel", "cpu_fused": "numba CPU kernel",
+              "chunked": "chunked PyTorch scan", "reference": "PyTorch reference loop"}
+
+
+def backend_report(device):
+    """(line, warning or None): which scan and causal-conv implementations run on `device`. The warning names the
+    fix when a GPU takes the pure-PyTorch paths, which are several times slower than mamba-ssm's kernels."""
+    device = torch.device(device)
+    scan = pick_backend(device.type)
+    conv = "PyTorch conv1d"
+    if device.type == "cuda":
+        global _causal_conv1d_fn, _causal_conv1d_checked
+        if not _causal_conv1d_checked:
+            _causal_conv1d_fn, _causal_conv1d_checked = _load_causal_conv1d(), True
+        conv = "causal-conv1d CUDA kernel" if _causal_conv1d_fn is not None else conv
+    line = f"Backends on {device}: selective scan: {SCAN_NAMES[scan]}; causal conv: {conv}"
+    warning = None
+    if device.type == "cuda" and (scan != "mamba_ssm" or _causal_conv1d_fn is None):
+        warning = ("WARNING: mamba-ssm and/or causal-conv1d CUDA kernels are not available, so this GPU runs the "
+                   "pure-PyTorch paths (exact, bounded memory, but several times slower). Fix: "
+                   "pip install -r requirements-cuda.txt (builds mamba-ssm and causal-conv1d), or use the Docker "
+                   "image (see README, 'Docker').")
+    return line, warning
+
+
+_reported = set()
+
+
+def report_backends(device, log=None, once=True):
+    """Print backend_report(device) to stderr, by default once per process and device."""
+    import sys
+
+    key = str(torch.device(device))
+    if once and key in _reported:
+        return
+    _reported.add(key)
+    log = log or (lambda message: print(message, file=sys.stderr))
+    line, warning = backend_report(device)
+    log(line)
+    if warning:
+        log(warning)
 
 
 def _at_least_fp32(t):

@@ -15,9 +15,9 @@ Half and bfloat16 inputs are computed in float32, float64 in float64; `out` has 
 (batch, dim, dstate) the computation's dtype, as in mamba-ssm.
 
 Backends: on CUDA, mamba-ssm's fused kernel when mamba-ssm imports and its extension loads (imported lazily, never
-required), else the reference loop. On the CPU, variable B and C go to numba kernels with a hand-written backward
+required), else an exact chunked scan in plain PyTorch ops with bounded memory (selective_scan_chunked). On the CPU, variable B and C go to numba kernels with a hand-written backward
 that never materialise a (batch, dim, length, dstate) tensor: the forward saves only its inputs, the backward
-recomputes the states one channel at a time. Constant B or C on the CPU takes the reference loop. Unlike mamba-ssm's
+recomputes the states one channel at a time. Constant B or C takes the reference loop. Unlike mamba-ssm's
 CUDA kernel, which drops it, the CPU kernels also back-propagate a gradient of the returned last state.
 """
 import math
@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 
 try:
     import numba
-except ImportError:  # numba is in requirements.txt; without it the CPU path is the reference loop
+except ImportError:  # numba is in requirements.txt; without it the CPU path is the chunked PyTorch scan
     numba = None
 
 
@@ -105,8 +105,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                        return_last_state=False):
     """The selective scan as a readable loop over time; materialises (batch, dim, length, dstate).
 
-    This is the reference the fast paths are tested against, and the fallback for constant B/C and for CUDA without
-    mamba-ssm.
+    This is the reference the fast paths are tested against, and the path for constant B/C (which the model never
+    uses).
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
@@ -205,7 +205,7 @@ if numba is not None:
         if isinstance(x, numba.types.Float) and x.bitwidth == 32:
             return lambda x: _exp_f32(x)
         return lambda x: math.exp(x)
-else:  # the kernels below are then plain, never-called functions: scan_backend picks the reference loop
+else:  # the kernels below are then plain, never-called functions: scan_backend picks the chunked scan
     def _njit():
         return lambda function: function
 
@@ -399,6 +399,136 @@ def _selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ret
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Chunked PyTorch path, for a GPU without mamba-ssm (and any device): exact, float32, bounded memory. Time is cut
+# into chunks of `chunk` steps; inside a chunk the linear recurrence h_t = a_t h_{t-1} + x_t is solved in
+# ceil(log2(chunk)) doubling steps (Hillis-Steele) on (batch, dim, chunk, dstate) tensors, and chunks are chained
+# through their boundary states. The forward keeps only those boundary states (batch, dim, chunks, dstate); the
+# backward walks the chunks in reverse, recomputes each chunk's states from its boundary state, and solves the
+# adjoint recurrence dL/dh_t = C_t dy_t + a_{t+1} dL/dh_{t+1} with the same doubling scan. So memory is a few
+# chunk-sized tensors whatever the length, and no log-space rescaling (which overflows float32 when
+# exp(-sum dt A) grows) is needed.
+
+CHUNK_ELEMENTS = 1 << 23  # batch * dim * chunk * dstate per working tensor: 32 MiB in float32
+
+
+def _chunk_length(batch, dim, dstate, length, elements=None):
+    per_step = max(1, batch * dim * dstate)
+    return int(max(1, min(length, (elements or CHUNK_ELEMENTS) // per_step)))
+
+
+def _doubling_scan(a, x):
+    """Inclusive scan along dim -2 of h_t = a_t h_{t-1} + x_t with h_{-1} = 0: returns (h, prod_{s<=t} a_s)."""
+    steps = a.shape[-2]
+    k = 1
+    while k < steps:
+        x = torch.cat([x[..., :k, :], torch.addcmul(x[..., k:, :], a[..., k:, :], x[..., :-k, :])], dim=-2)
+        a = torch.cat([a[..., :k, :], a[..., k:, :] * a[..., :-k, :]], dim=-2)
+        k *= 2
+    return x, a
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """y_t = <C_t, h_t> by chunks. Inputs: u, dt (batch, groups, heads, length) with heads = dim / groups,
+    A (groups, heads, dstate), Bt, Ct (batch, groups, length, dstate), all one float dtype and contiguous.
+    Returns y (batch, groups, heads, length) and the last state (batch, groups, heads, dstate)."""
+
+    @staticmethod
+    def _chunk_inputs(u, dt, A, Bt, start, stop):
+        dt_c = dt[..., start:stop, None]                                   # (b, g, h, T, 1)
+        decay = torch.exp(dt_c * A[:, :, None, :])                         # (b, g, h, T, n)
+        drive = (dt_c * u[..., start:stop, None]) * Bt[:, :, None, start:stop, :]
+        return decay, drive
+
+    @staticmethod
+    def forward(ctx, u, dt, A, Bt, Ct, chunk):
+        batch, groups, heads, length = u.shape
+        dstate = A.shape[-1]
+        y = u.new_empty(u.shape)
+        starts = list(range(0, length, chunk))
+        boundaries = u.new_empty(len(starts), batch, groups, heads, dstate)  # the state before each chunk
+        h = u.new_zeros(batch, groups, heads, dstate)
+        for i, start in enumerate(starts):
+            stop = min(start + chunk, length)
+            boundaries[i] = h
+            decay, drive = _ChunkedScan._chunk_inputs(u, dt, A, Bt, start, stop)
+            states, cumulative = _doubling_scan(decay, drive)
+            states = torch.addcmul(states, cumulative, h[..., None, :])
+            y[..., start:stop] = torch.einsum("bghtn,bgtn->bght", states, Ct[:, :, start:stop])
+            h = states[..., -1, :].clone()
+        ctx.save_for_backward(u, dt, A, Bt, Ct, boundaries)
+        ctx.chunk = chunk
+        return y, h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dlast):
+        u, dt, A, Bt, Ct, boundaries = ctx.saved_tensors
+        chunk = ctx.chunk
+        length = u.shape[-1]
+        dy = torch.zeros_like(u) if dy is None else dy
+        carry = torch.zeros_like(boundaries[0]) if dlast is None else dlast.clone()  # dL/dh at the chunk's end
+        du, ddt = torch.empty_like(u), torch.empty_like(u)
+        dA = torch.zeros_like(A)
+        dB, dC = torch.zeros_like(Bt), torch.zeros_like(Ct)
+        starts = list(range(0, length, chunk))
+        for i in range(len(starts) - 1, -1, -1):
+            start = starts[i]
+            stop = min(start + chunk, length)
+            h0 = boundaries[i]
+            decay, drive = _ChunkedScan._chunk_inputs(u, dt, A, Bt, start, stop)
+            states, cumulative = _doubling_scan(decay, drive)
+            states = torch.addcmul(states, cumulative, h0[..., None, :])
+            C_c, dy_c = Ct[:, :, start:stop], dy[..., start:stop]
+            # Adjoint, run backwards in time: flip, then dL/dh_t = g_t + a_{t+1} dL/dh_{t+1}, seeded with carry.
+            g = (dy_c[..., None] * C_c[:, :, None]).flip(-2)
+            shifted = torch.cat([decay[..., 1:, :], torch.ones_like(decay[..., :1, :])], dim=-2).flip(-2)
+            adjoint, through = _doubling_scan(shifted, g)
+            dh = torch.addcmul(adjoint, through, carry[..., None, :]).flip(-2)   # (b, g, h, T, n)
+            previous = torch.cat([h0[..., None, :], states[..., :-1, :]], dim=-2)
+            dC[:, :, start:stop] = torch.einsum("bght,bghtn->bgtn", dy_c, states)
+            dt_c, u_c, B_c = dt[..., start:stop], u[..., start:stop], Bt[:, :, start:stop]
+            dB[:, :, start:stop] = torch.einsum("bghtn,bght->bgtn", dh, dt_c * u_c)
+            d_dtu = torch.einsum("bghtn,bgtn->bght", dh, B_c)
+            d_log = dh * previous * decay                                   # dL/d(dt_t A), through the decay
+            dA += torch.einsum("bghtn,bght->ghn", d_log, dt_c)
+            ddt[..., start:stop] = torch.einsum("bghtn,ghn->bght", d_log, A) + d_dtu * u_c
+            du[..., start:stop] = d_dtu * dt_c
+            carry = dh[..., 0, :] * decay[..., 0, :]
+        return du, ddt, dA, dB, dC, None
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False, chunk=None):
+    """The selective scan in chunks of plain PyTorch ops (see above); any device, variable B and C only.
+    chunk: time steps per chunk; by default as many as keep a working tensor under CHUNK_ELEMENTS."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if B.dim() == 2 or C.dim() == 2:
+        raise ValueError("selective_scan_chunked: B and C must vary over time (batch, [groups,] dstate, length)")
+    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, length = u.shape
+    dstate = A.shape[1]
+    x = u.to(dtype)
+    dt = _effective_delta(delta, delta_bias, delta_softplus, dtype)
+    Bg, Cg = _grouped(B), _grouped(C)
+    if Bg.shape[1] != Cg.shape[1]:
+        raise ValueError(f"selective_scan_chunked: B has {Bg.shape[1]} groups and C {Cg.shape[1]}")
+    groups = Bg.shape[1]
+    heads = dim // groups
+    Bt, Ct = (M.to(dtype).transpose(-1, -2).contiguous() for M in (Bg, Cg))
+    chunk = chunk or _chunk_length(batch, dim, dstate, length)
+    y, last_state = _ChunkedScan.apply(x.reshape(batch, groups, heads, length).contiguous(),
+                                       dt.reshape(batch, groups, heads, length).contiguous(),
+                                       A.to(dtype).reshape(groups, heads, dstate).contiguous(), Bt, Ct, chunk)
+    y = y.reshape(batch, dim, length)
+    if D is not None:
+        y = y + x * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    out = y.to(u.dtype)
+    return (out, last_state.reshape(batch, dim, dstate)) if return_last_state else out
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Dispatch
 
 _MAMBA_UNSET = object()
@@ -417,16 +547,42 @@ def load_mamba_selective_scan():
     return _mamba_fn
 
 
+BACKENDS = ("mamba_ssm", "cpu_fused", "chunked", "reference")
+
+
+def _forced_backend():
+    """ECGMAMBA_SCAN=<backend> forces one implementation (benchmarks, tests); unset or 'auto' lets the inputs pick."""
+    forced = os.environ.get("ECGMAMBA_SCAN", "auto").strip().lower() or "auto"
+    if forced != "auto" and forced not in BACKENDS:
+        raise ValueError(f"ECGMAMBA_SCAN={forced!r}: choose auto or one of {', '.join(BACKENDS)}")
+    return forced
+
+
 def scan_backend(u, A, B, C):
-    """Which implementation `selective_scan_fn` uses for these inputs: 'mamba_ssm', 'cpu_fused' or 'reference'."""
-    if u.is_cuda:
-        kernel_dtypes = u.dtype in (torch.float32, torch.float16, torch.bfloat16) and A.dtype == torch.float32
+    """Which implementation `selective_scan_fn` uses for these inputs: 'mamba_ssm', 'cpu_fused', 'chunked' or
+    'reference'."""
+    return pick_backend(u.device.type, u.dtype, A.dtype, B.dim() >= 3 and C.dim() >= 3)
+
+
+def pick_backend(device_type, u_dtype=torch.float32, A_dtype=torch.float32, variable=True):
+    """The backend for tensors on `device_type`. CUDA: mamba-ssm's kernel, else the chunked PyTorch scan (never the
+    reference loop, whose (batch, dim, length, dstate) tensors run a GPU out of memory). CPU: the numba kernels.
+    Constant B or C (variable=False), which the model never uses: the reference loop."""
+    forced = _forced_backend()
+    if forced != "auto":
+        if forced == "mamba_ssm" and not (device_type == "cuda" and load_mamba_selective_scan() is not None):
+            raise RuntimeError("ECGMAMBA_SCAN=mamba_ssm needs CUDA tensors and mamba-ssm with its CUDA extension")
+        if forced == "cpu_fused" and not (device_type == "cpu" and _cpu_kernels_available()):
+            raise RuntimeError("ECGMAMBA_SCAN=cpu_fused needs CPU tensors and numba")
+        return forced if variable or forced == "reference" else "reference"
+    if device_type == "cuda":
+        kernel_dtypes = u_dtype in (torch.float32, torch.float16, torch.bfloat16) and A_dtype == torch.float32
         if kernel_dtypes and load_mamba_selective_scan() is not None:
             return "mamba_ssm"
-        return "reference"
-    if u.device.type == "cpu" and B.dim() >= 3 and C.dim() >= 3 and _cpu_kernels_available():
+        return "chunked" if variable else "reference"
+    if device_type == "cpu" and variable and _cpu_kernels_available():
         return "cpu_fused"
-    return "reference"
+    return "chunked" if variable else "reference"
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -438,4 +594,6 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         return load_mamba_selective_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == "cpu_fused":
         return _selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "chunked":
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

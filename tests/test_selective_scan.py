@@ -293,3 +293,128 @@ def test_cuda_mamba_kernel_matches_the_cpu_kernel():
         results[device] = [out, last] + [leaves[name].grad for name in inputs]
     for name, cpu, cuda in zip(["out", "last_state"] + list(inputs), results["cpu"], results["cuda"]):
         assert relative_error(cuda.cpu(), cpu) < 1e-3, name
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The chunked PyTorch scan: what a GPU without mamba-ssm runs
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 3), dim=st.integers(1, 6), dstate=st.integers(1, 5), length=st.integers(1, 40),
+       chunk=st.integers(1, 17), groups1=st.booleans(), softplus=st.booleans(), seed=st.integers(0, 999))
+def test_chunked_scan_matches_the_recurrence_for_any_chunk_length(batch, dim, dstate, length, chunk, groups1,
+                                                                  softplus, seed):
+    inputs = make_inputs(batch, dim, dstate, length, "groups1" if groups1 else "variable", seed=seed)
+    expected_out, expected_last = step_by_step(**inputs, delta_softplus=softplus)
+    out, last = scan.selective_scan_chunked(**inputs, delta_softplus=softplus, return_last_state=True, chunk=chunk)
+    assert relative_error(out, expected_out) < 1e-10
+    assert relative_error(last, expected_last) < 1e-10
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7, 64])
+@pytest.mark.parametrize("form", ["variable", "groups2"])
+def test_chunked_scan_gradients_equal_the_reference_gradients(form, chunk):
+    inputs = make_inputs(2, 4, 3, 29, form, seed=7)
+    weights = torch.randn(2, 4, 29, dtype=torch.float64), torch.randn(2, 4, 3, dtype=torch.float64)
+    grads = []
+    for fn in (lambda **k: scan.selective_scan_chunked(**k, chunk=chunk), selective_scan_ref):
+        leaves = {name: t.clone().requires_grad_() for name, t in inputs.items()}
+        out, last = fn(**leaves, delta_softplus=True, return_last_state=True)
+        ((out * weights[0]).sum() + (last * weights[1]).sum()).backward()  # the last state's gradient too
+        grads.append({name: t.grad for name, t in leaves.items()})
+    for name in inputs:
+        assert relative_error(grads[0][name], grads[1][name]) < 1e-10, name
+
+
+def test_chunked_scan_passes_gradcheck():
+    inputs = make_inputs(2, 3, 2, 9, seed=8)
+    names = list(inputs)
+
+    def fn(*tensors):
+        return scan.selective_scan_chunked(**dict(zip(names, tensors)), delta_softplus=True, return_last_state=True,
+                                           chunk=4)
+
+    assert torch.autograd.gradcheck(fn, [inputs[n].clone().requires_grad_() for n in names], eps=1e-6, atol=1e-8)
+
+
+def test_chunked_scan_in_float32_stays_finite_where_log_space_rescaling_overflows():
+    # sum(dt * A) over the record reaches -2000: exp(+2000) would overflow any cumsum-based rescaling
+    inputs = {name: t.float() for name, t in make_inputs(1, 4, 4, 400, seed=9).items()}
+    inputs["A"] = -5.0 * torch.ones(4, 4)
+    inputs["delta"] = torch.ones(1, 4, 400)
+    expected = selective_scan_ref(**{k: v.double() for k, v in inputs.items()})
+    out = scan.selective_scan_chunked(**inputs, chunk=128)
+    assert torch.isfinite(out).all() and relative_error(out, expected) < 1e-5
+
+
+def test_chunked_forward_keeps_only_boundary_states():
+    batch, dim, dstate, length, chunk = 2, 32, 16, 512, 32
+    inputs = {name: t.float().requires_grad_() for name, t in make_inputs(batch, dim, dstate, length).items()}
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        scan.selective_scan_chunked(**inputs, delta_softplus=True, chunk=chunk)
+    one_state_tensor = batch * dim * length * dstate * 4
+    # inputs-sized tensors and the (chunks x state) boundaries, never a (length x state) one
+    assert max(saved.values()) < one_state_tensor / 8 and sum(saved.values()) < one_state_tensor / 2
+
+
+def test_chunk_length_bounds_the_working_tensors():
+    assert scan._chunk_length(32, 768, 16, 729) == (1 << 23) // (32 * 768 * 16)  # paper: batch 32, d_inner 768
+    assert scan._chunk_length(1, 4, 2, 10) == 10
+    assert scan._chunk_length(4096, 4096, 64, 10) == 1
+
+
+def test_cuda_without_mamba_ssm_takes_the_chunked_scan_and_says_how_to_fix_it(monkeypatch):
+    from ecgmamba.model import backend_report
+
+    monkeypatch.setattr(scan, "_mamba_fn", None)  # mamba-ssm not importable
+    assert scan.pick_backend("cuda") == "chunked"
+    assert scan.pick_backend("cuda", variable=False) == "reference"
+    line, warning = backend_report("cuda")
+    assert "chunked PyTorch scan" in line
+    assert "mamba-ssm" in warning and "Docker" in warning and "requirements-cuda.txt" in warning
+    assert backend_report("cpu") == ("Backends on cpu: selective scan: numba CPU kernel; causal conv: PyTorch conv1d",
+                                     None)
+
+
+def test_ecgmamba_scan_forces_a_backend_and_the_model_agrees_across_backends(monkeypatch):
+    from ecgmamba.model import ECGMamba, ModelConfig
+
+    torch.manual_seed(0)
+    model = ECGMamba(ModelConfig(num_samples=256, d_model=16, depth=2, d_state=4, stem_channels=8,
+                                 stem_paddings=(2, 7))).eval()
+    x = torch.randn(2, 12, 256)
+    outputs = {}
+    for backend in ("cpu_fused", "chunked", "reference"):
+        monkeypatch.setenv("ECGMAMBA_SCAN", backend)
+        inputs = make_inputs(1, 2, 3, 4, dtype=torch.float32)
+        assert scan_backend(inputs["u"], inputs["A"], inputs["B"], inputs["C"]) == backend
+        with torch.no_grad():
+            outputs[backend] = model(x)
+    for backend in ("chunked", "reference"):
+        assert relative_error(outputs[backend], outputs["cpu_fused"]) < 1e-5, backend
+    monkeypatch.setenv("ECGMAMBA_SCAN", "warp")
+    with pytest.raises(ValueError, match="ECGMAMBA_SCAN"):
+        scan.pick_backend("cpu")
+    monkeypatch.setenv("ECGMAMBA_SCAN", "mamba_ssm")
+    monkeypatch.setattr(scan, "_mamba_fn", None)
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        scan.pick_backend("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_chunked_scan_matches_the_cpu_kernel():
+    inputs = {name: t.float() for name, t in make_inputs(2, 64, 16, 300, seed=6).items()}
+    results = {}
+    for device, fn in (("cpu", selective_scan_fn), ("cuda", scan.selective_scan_chunked)):
+        leaves = {name: t.to(device).requires_grad_() for name, t in inputs.items()}
+        out, last = fn(**leaves, delta_softplus=True, return_last_state=True)
+        (out * torch.linspace(-1, 1, out.shape[-1], device=device)).sum().backward()
+        results[device] = [out, last] + [leaves[name].grad for name in inputs]
+    for name, cpu, cuda in zip(["out", "last_state"] + list(inputs), results["cpu"], results["cuda"]):
+        assert relative_error(cuda.cpu(), cpu) < 1e-4, name

@@ -1,13 +1,15 @@
 """Preprocess a Challenge folder once into memory-mapped arrays, so epochs never re-parse 88k recordings.
 
-Layout of the cache folder (inside the model folder):
+Layout of the cache folder (WORK/cache, WORK being the training's work_directory, by default the model folder; the
+training removes it after a successful run unless keep_work is set):
 
     meta.json      fingerprint, record ids, offsets/lengths, skipped files and why
     signals.npy    float16 (total_samples, 12): every record's preprocessed 12 leads back to back (absent leads 0)
     labels.npy     bool (num_records, num_classes): scored classes, equivalent codes merged
 
-The fingerprint covers the file names, sizes and modification times, the preprocessing parameters and the
-scoring table, so a rerun on unchanged data reuses the cache and any change rebuilds it. Records are processed in
+The fingerprint covers the file names, sizes and modification times, the preprocessing parameters, the scoring
+table and the source code of the modules that shape the content (CODE_MODULES), so a rerun on unchanged data and
+code reuses the cache and any change rebuilds it. Records are processed in
 parallel (joblib) and written straight into the memory map by the workers.
 """
 
@@ -33,9 +35,27 @@ CACHE_VERSION = 2
 MIN_TRAINING_SECONDS = 1.0
 
 
+# The modules whose code shapes what the cache holds: reading, preprocessing, label encoding, and this one. Their
+# source goes into the fingerprint, so editing any of them rebuilds the cache instead of reusing stale content.
+CODE_MODULES = ("ecgmamba.records", "ecgmamba.preprocess", "ecgmamba.scoring", "ecgmamba.cache")
+
+
+def code_digest(modules=None):
+    """SHA-256 over the source files of `modules` (default CODE_MODULES)."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in modules or CODE_MODULES:
+        path = importlib.import_module(name).__file__
+        with open(path, "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    return digest.hexdigest()
+
+
 def fingerprint(header_files, preprocess, max_seconds, table):
     digest = hashlib.sha256()
-    digest.update(json.dumps([CACHE_VERSION, preprocess.to_dict(), max_seconds, table.class_codes]).encode())
+    digest.update(json.dumps([CACHE_VERSION, code_digest(), preprocess.to_dict(), max_seconds,
+                              table.class_codes]).encode())
     for path in header_files:
         for file in (path, os.path.splitext(path)[0] + ".mat"):
             try:
@@ -86,33 +106,20 @@ def _process_chunk(items, signals_path, preprocess, max_samples):
     return len(items), errors
 
 
-def build_cache(data_directory, cache_directory, preprocess=PreprocessConfig(), table=None, max_seconds=60.0,
-                workers=None, progress=True, log=None):
-    """Build (or reuse) the cache for `data_directory`; returns a SignalCache of the usable records."""
-    from ecgmamba.scoring import load_scoring
+def _valid_cache(cache_directory, key):
+    """The cache's meta if it exists and carries `key`, else None."""
+    try:
+        with open(os.path.join(cache_directory, "meta.json")) as f:
+            meta = json.load(f)
+        return meta if meta.get("fingerprint") == key else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # missing or unreadable meta: rebuild
 
-    log = log or (lambda message: print(message, file=sys.stderr))
-    table = table or load_scoring("2021")
-    header_files, problems = find_records(data_directory, recursive=True)
-    for problem in problems:
-        log(f"skipped {problem}")
-    if not header_files:
-        raise RecordError(data_directory, "no recordings (.hea with .mat) found")
-    key = fingerprint(header_files, preprocess, max_seconds, table)
-    meta_path = os.path.join(cache_directory, "meta.json")
-    if os.path.isfile(meta_path):
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)
-            if meta.get("fingerprint") == key:
-                for problem in meta["skipped"]:  # the same warnings as when the cache was built
-                    if problem not in problems:
-                        log(f"skipped {problem}")
-                return SignalCache(cache_directory)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass  # unreadable meta: rebuild
 
+def _plan(header_files, problems, cache_directory, preprocess, max_seconds, key, log):
+    """Read every header, lay out the memory map, and write plan.json: the work every rank then shares."""
     os.makedirs(cache_directory, exist_ok=True)
+    meta_path = os.path.join(cache_directory, "meta.json")
     if os.path.exists(meta_path):
         os.remove(meta_path)  # an interrupted rebuild must never look valid
     max_samples = max(int(max_seconds * preprocess.target_fs), preprocess.window_samples)
@@ -130,37 +137,104 @@ def build_cache(data_directory, cache_directory, preprocess=PreprocessConfig(), 
             log(f"skipped {error}")
     lengths = [min(resampled_length(h.num_samples, h.fs, preprocess.target_fs), max_samples) for _, h in headers]
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if lengths else np.zeros(0, np.int64)
-    signals_path = os.path.join(cache_directory, "signals.npy")
-    signals = np.lib.format.open_memmap(signals_path, mode="w+", dtype=np.float16,
+    signals = np.lib.format.open_memmap(os.path.join(cache_directory, "signals.npy"), mode="w+", dtype=np.float16,
                                         shape=(max(int(sum(lengths)), 1), len(TWELVE_LEADS)))
     del signals
+    save_json(os.path.join(cache_directory, "plan.json"), {
+        "fingerprint": key, "max_samples": max_samples, "skipped": skipped,
+        "items": [[i, path, int(offsets[i]), int(lengths[i])] for i, (path, _) in enumerate(headers)],
+        "record_ids": [h.record_id for _, h in headers], "labels": [list(h.labels) for _, h in headers]})
 
-    items = [(i, path, int(offsets[i]), lengths[i]) for i, (path, _) in enumerate(headers)]
-    chunk = max(1, min(64, len(items) // (8 * (workers or os.cpu_count() or 1)) or 1))
+
+def _fill(cache_directory, preprocess, rank, world, workers, progress):
+    """Preprocess this rank's share of the plan into the memory map; writes errors_<rank>.json."""
+    with open(os.path.join(cache_directory, "plan.json")) as f:
+        plan = json.load(f)
+    items = plan["items"][rank::world]
+    signals_path = os.path.join(cache_directory, "signals.npy")
+    workers = workers or os.cpu_count() or 1
+    chunk = max(1, min(64, len(items) // (8 * workers) or 1))
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
     errors = {}
-    parallel = Parallel(n_jobs=workers or os.cpu_count() or 1, return_as="generator_unordered")
+    parallel = Parallel(n_jobs=workers, return_as="generator_unordered")
     with tqdm(total=len(items), desc="Caching", unit="rec", disable=not progress, file=sys.stderr) as bar:
         for count, chunk_errors in parallel(
-                delayed(_process_chunk)(c, signals_path, preprocess, max_samples) for c in chunks):
+                delayed(_process_chunk)(c, signals_path, preprocess, plan["max_samples"]) for c in chunks):
             errors.update(chunk_errors)
             bar.update(count)
+    save_json(os.path.join(cache_directory, f"errors_{rank}.json"),
+              {"records": len(items), "errors": {str(k): v for k, v in errors.items()}})
+
+
+def _finish(cache_directory, preprocess, table, world, log):
+    """Merge the ranks' errors, write labels.npy and, last, meta.json (which makes the cache valid)."""
+    with open(os.path.join(cache_directory, "plan.json")) as f:
+        plan = json.load(f)
+    errors, per_rank = {}, []
+    for rank in range(world):
+        path = os.path.join(cache_directory, f"errors_{rank}.json")
+        with open(path) as f:
+            part = json.load(f)
+        errors.update({int(k): v for k, v in part["errors"].items()})
+        per_rank.append(part["records"])
+        os.remove(path)
+    skipped = list(plan["skipped"])
     for index in sorted(errors):
         log(f"skipped {errors[index]}")
         skipped.append(errors[index])
-
-    good = [i for i in range(len(headers)) if i not in errors]
-    labels = encode_labels([headers[i][1].labels for i in good], table)
+    items = plan["items"]
+    good = [i for i in range(len(items)) if i not in errors]
+    labels = encode_labels([plan["labels"][i] for i in good], table)
     np.save(os.path.join(cache_directory, "labels.npy"), labels)
-    save_json(meta_path, {
-        "fingerprint": key,
+    save_json(os.path.join(cache_directory, "meta.json"), {
+        "fingerprint": plan["fingerprint"],
         "version": CACHE_VERSION,
-        "record_ids": [headers[i][1].record_id for i in good],
-        "files": [headers[i][0] for i in good],
-        "offsets": [int(offsets[i]) for i in good],
-        "lengths": [int(lengths[i]) for i in good],
+        "record_ids": [plan["record_ids"][i] for i in good],
+        "files": [items[i][1] for i in good],
+        "offsets": [items[i][2] for i in good],
+        "lengths": [items[i][3] for i in good],
         "classes": table.class_codes,
         "preprocess": preprocess.to_dict(),
         "skipped": skipped,
+        "built_per_rank": per_rank,
     })
+    os.remove(os.path.join(cache_directory, "plan.json"))
+
+
+def build_cache(data_directory, cache_directory, preprocess=PreprocessConfig(), table=None, max_seconds=60.0,
+                workers=None, progress=True, log=None, rank=0, world=1, barrier=None):
+    """Build (or reuse) the cache for `data_directory`; returns a SignalCache of the usable records.
+
+    Under DDP every rank calls this with its rank, the world size and a barrier: rank 0 reads the headers and lays
+    out the memory map, each rank preprocesses every world-th record into it (so the build takes 1/world of the
+    time and no rank idles at a barrier for the whole build), and rank 0 writes the labels and the meta last. The
+    cache folder must be on a file system all ranks see (one machine, or a shared disk).
+    """
+    from ecgmamba.scoring import load_scoring
+
+    log = log or (lambda message: print(message, file=sys.stderr))
+    barrier = barrier or (lambda: None)
+    table = table or load_scoring("2021")
+    header_files, problems = find_records(data_directory, recursive=True)
+    if not header_files:
+        raise RecordError(data_directory, "no recordings (.hea with .mat) found")
+    key = fingerprint(header_files, preprocess, max_seconds, table)
+    meta = _valid_cache(cache_directory, key) if rank == 0 else None
+    if rank == 0:
+        for problem in problems:
+            log(f"skipped {problem}")
+        if meta is not None:
+            for problem in meta["skipped"]:  # the same warnings as when the cache was built
+                if problem not in problems:
+                    log(f"skipped {problem}")
+        else:
+            _plan(header_files, problems, cache_directory, preprocess, max_seconds, key, log)
+    barrier()
+    if _valid_cache(cache_directory, key) is not None:  # rank 0 removed an old meta before this barrier
+        return SignalCache(cache_directory)
+    _fill(cache_directory, preprocess, rank, world, workers, progress and rank == 0)
+    barrier()
+    if rank == 0:
+        _finish(cache_directory, preprocess, table, world, log)
+    barrier()
     return SignalCache(cache_directory)

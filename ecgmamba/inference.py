@@ -14,10 +14,33 @@ import numpy as np
 import torch
 
 from ecgmamba import checkpoint
-from ecgmamba.model import ECGMamba, ModelConfig
+from ecgmamba.model import ECGMamba, ModelConfig, report_backends
 from ecgmamba.preprocess import PreprocessConfig, preprocess_recording, sliding_windows
 from ecgmamba.records import (TWELVE_LEADS, RecordError, parse_header, select_leads, standard_leads,
                               to_millivolts)
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def resolve_precision(precision, device):
+    """'auto' -> bf16 on a GPU that has it (A100, H100, H200), fp16 on one that does not (T4, V100), fp32 on the CPU."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision 'bf16': this GPU has no bfloat16 (a T4 or V100?); use fp16 or auto")
+    return precision
+
+
+def autocast(device, precision):
+    """The autocast context for a resolved precision ('fp32': none)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
 def model_file_stem(leads):
@@ -43,8 +66,8 @@ def save_lead_model(model_directory, leads, model, table, thresholds, preprocess
 class LoadedModel:
     """A model ready to run on recordings with `leads` (the header order of the records it will see)."""
 
-    def __init__(self, network, model_leads, classes, thresholds, preprocess, device, prior=None):
-        self.network, self.model_leads = network, tuple(model_leads)
+    def __init__(self, network, model_leads, classes, thresholds, preprocess, device, prior=None, precision="fp32"):
+        self.network, self.model_leads, self.precision = network, tuple(model_leads), precision
         self.classes, self.thresholds = list(classes), np.asarray(thresholds, dtype=np.float64)
         self.preprocess, self.device = preprocess, device
         # Training prevalence per class: the answer for a recording whose signal cannot be used.
@@ -86,11 +109,26 @@ def load_model(model_directory, leads, device=None):
                                          expected_digest=meta.get("weights_sha256"))
     if sliced:
         network, model_leads = specialise(network, leads), leads
-    return LoadedModel(network.to(device).eval(), model_leads, classes, thresholds, preprocess, device, prior)
+    report_backends(device)
+    return LoadedModel(network.to(device).eval(), model_leads, classes, thresholds, preprocess, device, prior,
+                       inference_precision(meta, device))
+
+
+def inference_precision(meta, device):
+    """The precision the thresholds were tuned with, on the kind of device they were tuned on; on another kind
+    (a GPU-trained model run on the CPU) that device's own default. Models saved before precision was recorded
+    were tuned in bf16 on CUDA and fp32 on the CPU, which is what 'auto' gave them."""
+    device = torch.device(device)
+    tuned = meta.get("precision")
+    if tuned is None or meta.get("precision_device") != device.type:
+        if tuned is None and device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return resolve_precision("auto", device)
+    return tuned
 
 
 @torch.no_grad()
-def predict_many(network, signals, preprocess, device, batch_size=64):
+def predict_many(network, signals, preprocess, device, batch_size=64, precision="fp32"):
     """Probabilities for several preprocessed records (each (leads, n)), windows of all records batched together."""
     windows, owners = [], []
     for i, signal in enumerate(signals):
@@ -105,14 +143,14 @@ def predict_many(network, signals, preprocess, device, batch_size=64):
     network.eval()
     for start in range(0, len(windows), batch_size):
         x = torch.from_numpy(windows[start:start + batch_size]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device, precision):
             p = torch.sigmoid(network(x).float()).cpu().numpy()
         np.add.at(sums, owners[start:start + batch_size], p)
     return sums / np.bincount(owners, minlength=len(signals))[:, None]
 
 
 def predict_cached(network, cache, indices, model_leads, preprocess, device, active_leads=None, chunk=256,
-                   max_windows=None):
+                   max_windows=None, precision="fp32"):
     """Probabilities for cached (already preprocessed) records, as inference would give them. With
     active_leads, the model's other input leads are zeroed (a reduced-lead record seen by a 12-lead model);
     max_windows overrides the preprocessing's cap on windows per record (1: a quick look, for per-epoch checks)."""
@@ -127,7 +165,7 @@ def predict_cached(network, cache, indices, model_leads, preprocess, device, act
         signals = [np.asarray(cache.signal(int(i))[:, rows], dtype=np.float32).T for i in indices[start:start + chunk]]
         if mask is not None:
             signals = [s * mask for s in signals]
-        out.append(predict_many(network, signals, preprocess, device))
+        out.append(predict_many(network, signals, preprocess, device, precision=precision))
     return np.concatenate(out) if out else np.zeros((0, network.config.num_classes))
 
 
@@ -151,6 +189,7 @@ def run_model(model, header_text, recording):
 def run_models(model, header_texts, recordings):
     """Batched run_model over several recordings (windows from all of them share forward passes)."""
     signals = [prepare(model, h, r) for h, r in zip(header_texts, recordings)]
-    probabilities = predict_many(model.network, signals, model.preprocess, model.device)
+    probabilities = predict_many(model.network, signals, model.preprocess, model.device,
+                                 precision=getattr(model, "precision", "fp32"))
     return [(list(model.classes), [int(v) for v in p >= model.thresholds], [float(v) for v in p])
             for p in probabilities]

@@ -14,11 +14,15 @@ uninterrupted one would. Under torchrun, each process trains on its shard (Distr
 """
 
 import csv
+import datetime
+import json
 import math
 import os
+import resource
+import shutil
 import sys
 import time
-import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -31,9 +35,9 @@ from tqdm import tqdm
 
 from ecgmamba import checkpoint
 from ecgmamba.cache import build_cache
-from ecgmamba.inference import model_file_stem, predict_cached, save_lead_model
+from ecgmamba.inference import autocast, model_file_stem, predict_cached, resolve_precision, save_lead_model
 from ecgmamba.metrics import compute_auc, compute_challenge_metric
-from ecgmamba.model import ECGMamba, PRESET_SAMPLING_RATES, preset_config
+from ecgmamba.model import ECGMamba, PRESET_SAMPLING_RATES, preset_config, report_backends
 from ecgmamba.preprocess import PreprocessConfig
 from ecgmamba.records import LEAD_SETS, TWELVE_LEADS, RecordError
 from ecgmamba.scoring import load_scoring
@@ -56,8 +60,12 @@ class TrainConfig:
     val_fraction: float = 0.15
     loss: str = "weighted_bce"       # "weighted_bce" or "asymmetric"
     device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
-    workers: int = -1                # DataLoader workers; -1: 0 on CPU, min(8, cores) on CUDA
-    cache_workers: int = 0           # preprocessing processes; 0: all cores
+    precision: str = "auto"          # "auto" (bf16 where the GPU has it, else fp16; fp32 on CPU), "bf16", "fp16", "fp32"
+    workers: int = -1                # DataLoader workers; -1: 0 on CPU, on CUDA min(8, cores) within /dev/shm
+    cache_workers: int = 0           # preprocessing processes; 0: all cores (divided among DDP ranks)
+    work_directory: str = ""         # where the cache and checkpoints go; "": inside the model folder
+    keep_work: bool = False          # keep the cache and checkpoints after a successful run (else removed)
+    dist_timeout_minutes: float = 60.0  # DDP collectives fail after this long instead of NCCL's default
     max_cache_seconds: float = 60.0  # seconds of each record kept in the cache (training crops come from these)
     seed: int = 0
     progress: bool = True
@@ -75,8 +83,7 @@ class TrainConfig:
         c.epochs = c.epochs or defaults[0]
         c.batch_size = c.batch_size or defaults[1]
         c.lr = c.lr or defaults[2]
-        if c.workers < 0:
-            c.workers = min(8, os.cpu_count() or 1) if c.device.startswith("cuda") else 0
+        c.precision = resolve_precision(c.precision, c.device)
         if c.strategy not in ("shared", "separate"):
             raise ValueError(f"strategy must be 'shared' or 'separate', not {c.strategy!r}")
         if c.loss not in ("weighted_bce", "asymmetric"):
@@ -141,12 +148,51 @@ class WindowDataset(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, record))
         signal = self.cache.signal(record)
         start = int(rng.integers(0, max(1, len(signal) - self.window + 1)))
-        x = np.zeros((len(self.lead_rows), self.window), dtype=np.float32)
+        # float16, the cache's own type (exact): half the shared memory and host-to-GPU traffic of float32.
+        x = np.zeros((len(self.lead_rows), self.window), dtype=np.float16)
         crop = signal[start:start + self.window, self.lead_rows]
         x[:, :len(crop)] = crop.T
         if self.masks is not None:
-            x *= self.masks[rng.integers(len(self.masks))][:, None]
+            x *= self.masks[rng.integers(len(self.masks))][:, None].astype(np.float16)
         return torch.from_numpy(x), torch.from_numpy(self.cache.labels[record].astype(np.float32))
+
+
+def shared_memory_bytes(path="/dev/shm"):
+    """Free bytes of the shared-memory file system DataLoader workers pass batches through, or None if unknown."""
+    try:
+        stat = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def dataloader_workers(requested, device, batch_bytes, shm_bytes, prefetch=2, cores=None, log=None):
+    """Worker processes for the training DataLoader.
+
+    Each worker keeps `prefetch` batches in /dev/shm. Docker's default /dev/shm is 64 MB (the organizers'
+    `docker run` sets no --shm-size), where 8 workers of paper-sized batches die with a bus error; so 'auto' (-1)
+    takes as many workers, up to min(8, cores) on CUDA, as fit in half the free shared memory, and 0 (batches
+    made in the main process, straight from the memory-mapped cache) when not even one fits. On the CPU, 0:
+    the model needs both cores more than the loader does.
+    """
+    log = log or (lambda message: print(message, file=sys.stderr))
+    cores = cores or os.cpu_count() or 1
+    per_worker = prefetch * batch_bytes
+    fit = None if shm_bytes is None else int(0.5 * shm_bytes // max(1, per_worker))
+    if requested >= 0:
+        if fit is not None and requested > fit:
+            log(f"warning: {requested} DataLoader workers need about {requested * per_worker / 2**20:.0f} MiB of "
+                f"/dev/shm, which has {shm_bytes / 2**20:.0f} MiB free; if they die with a bus error, run the "
+                f"container with --shm-size=2g or set ECGMAMBA_WORKERS to {fit} or less")
+        return requested
+    if torch.device(device).type != "cuda":
+        return 0
+    workers = min(8, cores)
+    if fit is not None and fit < workers:
+        log(f"/dev/shm has {shm_bytes / 2**20:.0f} MiB free: {fit} DataLoader workers instead of {workers} "
+            f"(docker run --shm-size=2g allows more)")
+        workers = fit
+    return workers
 
 
 def stratified_split(labels, fraction, seed):
@@ -210,18 +256,20 @@ def tune_thresholds(labels, probabilities, table, grid=np.linspace(0.05, 0.95, 1
 # Distributed helpers
 
 
-def distributed_context():
-    """(rank, world_size, local_rank); initialises the process group when launched by torchrun."""
+def distributed_context(device="auto", timeout_minutes=60.0):
+    """(rank, world_size, local_rank); initialises the process group when launched by torchrun. The timeout bounds
+    every collective, so a rank that died or hangs fails the run with an error instead of blocking it forever."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, 0
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        if torch.cuda.is_available():
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        if torch.cuda.is_available() and device != "cpu":
             torch.cuda.set_device(local_rank)  # before NCCL starts, or every rank's collectives land on cuda:0
-            dist.init_process_group("nccl")
+            dist.init_process_group("nccl", timeout=timeout)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=timeout)
     return dist.get_rank(), world, local_rank
 
 
@@ -230,14 +278,93 @@ def barrier(world):
         dist.barrier()
 
 
+def gather_objects(value, world):
+    """[value of rank 0, value of rank 1, ...] on every rank."""
+    if world == 1:
+        return [value]
+    values = [None] * world
+    dist.all_gather_object(values, value)
+    return values
+
+
+def predict_sharded(model, cache, indices, leads, preprocess, device, active_leads, precision, ctx, max_windows=None):
+    """Probabilities for cache records `indices` (in that order), each rank predicting every world-th record;
+    returns (probabilities on every rank, records predicted per rank)."""
+    rank, world, _ = ctx
+    indices = np.asarray(indices)
+    local = predict_cached(model, cache, indices[rank::world], leads, preprocess, device, active_leads,
+                           max_windows=max_windows, precision=precision)
+    parts = gather_objects(local, world)
+    probabilities = np.empty((len(indices), local.shape[1]))
+    for r, part in enumerate(parts):
+        probabilities[r::world] = part
+    return probabilities, [len(part) for part in parts]
+
+
+class StageTimer:
+    """Wall-clock seconds per stage of a run (cache build, each epoch's training and validation, threshold tuning,
+    saving), with the process's peak memory so far: printed and saved at the end so a long run shows where its
+    time went. CUDA work is synchronised at each boundary so asynchronous kernels are charged to their stage."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.rows = []
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def __call__(self, name):
+        self._sync()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            row = {"stage": name, "seconds": time.perf_counter() - started,
+                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            if self.device.type == "cuda":
+                row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.rows.append(row)
+
+    def table(self):
+        total = sum(r["seconds"] for r in self.rows) or 1.0
+        gpu = any("peak_gpu_mib" in r for r in self.rows)
+        lines = ["| stage | seconds | share | peak RSS (MiB) |" + (" peak GPU (MiB) |" if gpu else ""),
+                 "|---|---:|---:|---:|" + ("---:|" if gpu else "")]
+        for r in self.rows:
+            lines.append(f"| {r['stage']} | {r['seconds']:.2f} | {100 * r['seconds'] / total:.1f} % | "
+                         f"{r['peak_rss_mib']:.0f} |" + (f" {r.get('peak_gpu_mib', 0):.0f} |" if gpu else ""))
+        lines.append(f"| total | {total:.2f} | 100 % | |" + (" |" if gpu else ""))
+        return "\n".join(lines)
+
+    def save(self, directory):
+        path = os.path.join(directory, "stages.csv")
+        fieldnames = ["stage", "seconds", "share", "peak_rss_mib", "peak_gpu_mib"]
+        total = sum(r["seconds"] for r in self.rows) or 1.0
+        with open(path + ".tmp", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            for r in self.rows:
+                writer.writerow({**r, "share": r["seconds"] / total})
+        os.replace(path + ".tmp", path)
+        with open(os.path.join(directory, "stages.md"), "w") as f:
+            f.write(self.table() + "\n")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # One training phase
 
 
 def specialise(model, leads):
-    """A model for `leads` from a 12-lead one: the first convolution keeps only those input channels."""
+    """A model for `leads` from a 12-lead one: the first convolution keeps only those input channels. The new model
+    lives on the same device as `model`, so nothing between training and saving leaves the training device."""
     config = type(model.config)(**{**asdict(model.config), "num_leads": len(leads)})
-    special = ECGMamba(config)
+    device = next(model.parameters()).device
+    special = ECGMamba(config).to(device)
     state = model.state_dict()
     first = "stem.0.weight"
     state[first] = state[first][:, [TWELVE_LEADS.index(lead) for lead in leads]].clone()
@@ -245,25 +372,24 @@ def specialise(model, leads):
     return special
 
 
-def validate(model, cache, val_indices, leads, preprocess, table, device, active_leads=None, max_windows=None):
-    """Validation scores of `model` (inputs `leads`, of which only `active_leads` are non-zero) with
-    inference-style window averaging (at most max_windows windows per record, if given)."""
-    probabilities = predict_cached(model, cache, val_indices, leads, preprocess, device, active_leads,
-                                   max_windows=max_windows)
-    labels = cache.labels[val_indices]
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def validation_scores(labels, probabilities):
     macro_auroc, macro_auprc, _, _ = compute_auc(labels, probabilities)
-    thresholds, challenge = tune_thresholds(labels, probabilities, table)
-    return {"auroc": macro_auroc, "auprc": macro_auprc, "challenge": challenge}, probabilities, thresholds
+    return macro_auroc, macro_auprc
 
 
 def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache, train_idx, val_idx, config,
-                preprocess, table, model_directory, ctx):
-    """Train `model` for up to `epochs`; returns the best model (by validation Challenge metric)."""
+                preprocess, table, work, model_directory, ctx, timer):
+    """Train `model` for up to `epochs`; returns the best model (by validation Challenge metric), on the device."""
     rank, world, local_rank = ctx
     device = torch.device(config.device if not config.device.startswith("cuda") or world == 1
                           else f"cuda:{local_rank}")
-    ckpt_path = os.path.join(model_directory, "checkpoints", f"{name}.safetensors")
-    meta_path = os.path.join(model_directory, "checkpoints", f"{name}.json")
+    checkpoints = os.path.join(work, "checkpoints")
+    ckpt_path = os.path.join(checkpoints, f"{name}.safetensors")
+    meta_path = os.path.join(checkpoints, f"{name}.json")
     log_path = os.path.join(model_directory, "train_log.csv")
     model.to(device)
 
@@ -273,11 +399,16 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
          or "cls_token" in pname else decay).append(p)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    # fp16 has too little range for small gradients: the scaler multiplies the loss and skips steps that overflow.
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     dataset = WindowDataset(cache, train_idx, preprocess.window_samples, leads, mask_lead_sets, config.seed)
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
     steps_per_epoch = math.ceil(math.ceil(len(dataset) / world) / config.batch_size)
     total_steps = max(1, steps_per_epoch * epochs)
     pos_weight = positive_weights(cache.labels[train_idx]).to(device)
+    batch_bytes = config.batch_size * len(leads) * preprocess.window_samples * 2
+    workers = dataloader_workers(config.workers, device, batch_bytes, shared_memory_bytes(),
+                                 log=(lambda m: print(m, file=sys.stderr)) if rank == 0 else (lambda m: None))
 
     state = {"epoch": 0, "step": 0, "best": -math.inf, "best_epoch": -1, "stale": 0, "history": []}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -289,19 +420,20 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
             print(f"[{name}] cannot resume ({error}); training this phase from the start", file=sys.stderr)
     if tensors is not None:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
         checkpoint.optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+        if meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
         state = meta["state"]
         if rank == 0:
             print(f"[{name}] resuming after epoch {state['epoch']}", file=sys.stderr)
             checkpoint.save_json(meta_path, meta)  # a kill between the two saves below left it an epoch behind
-            write_log(model_directory, log_path)
+            write_log(checkpoints, log_path)
 
     train_model = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_bf16 = device.type == "cuda"
 
     while state["epoch"] < epochs and state["stale"] < config.patience:
         epoch = state["epoch"]
@@ -311,43 +443,55 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
             sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                            generator=generator, num_workers=config.workers, pin_memory=device.type == "cuda",
+                            generator=generator, num_workers=workers, pin_memory=device.type == "cuda",
                             persistent_workers=False, drop_last=False)
         train_model.train()
         started, total_loss, steps = time.time(), 0.0, 0
         bar = tqdm(loader, desc=f"[{name}] epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                    disable=not (config.progress and rank == 0), file=sys.stderr)
-        for x, y in bar:
-            lr = learning_rate(state["step"], total_steps, config.lr, config.warmup_fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = train_model(x)
-            logits = logits.float()
-            if config.loss == "asymmetric":
-                loss = asymmetric_loss(logits, y)
-            else:
-                loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            state["step"] += 1
-            steps += 1
-            total_loss += loss.item()
-            bar.set_postfix(loss=f"{total_loss / steps:.4f}", lr=f"{lr:.2e}")
+        with timer(f"{name} epoch {epoch + 1} training"):
+            for x, y in bar:
+                lr = learning_rate(state["step"], total_steps, config.lr, config.warmup_fraction)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = x.to(device, non_blocking=True).float()
+                y = y.to(device, non_blocking=True)
+                with autocast(device, config.precision):
+                    logits = train_model(x)
+                logits = logits.float()
+                if config.loss == "asymmetric":
+                    loss = asymmetric_loss(logits, y)
+                else:
+                    loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                state["step"] += 1
+                steps += 1
+                total_loss += loss.item()
+                bar.set_postfix(loss=f"{total_loss / steps:.4f}", lr=f"{lr:.2e}")
         bar.close()
 
-        if world > 1:  # every rank validates the same weights and BatchNorm statistics, so all stop together
-            for buffer in model.buffers():
-                dist.broadcast(buffer, 0)
-        model.eval()
-        # Per epoch, one window per record (the first 8 s of most records): a quarter of the cost of full
-        # inference on mixed-length data; the final thresholds are tuned with full inference windows.
-        scores = [validate(model, cache, val_idx, leads, preprocess, table, device, active, max_windows=1)[0]
-                  for active in val_lead_sets]
+        with timer(f"{name} epoch {epoch + 1} validation"):
+            if world > 1:  # every rank validates the same weights and BatchNorm statistics, so all stop together
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, 0)
+            model.eval()
+            # Per epoch, one window per record (the first 8 s of most records): a quarter of the cost of full
+            # inference on mixed-length data; the final thresholds are tuned with full inference windows. Each
+            # rank predicts its share of the records and all ranks score the gathered probabilities.
+            labels = cache.labels[val_idx]
+            scores = []
+            for active in val_lead_sets:
+                probabilities, _ = predict_sharded(model, cache, val_idx, leads, preprocess, device, active,
+                                                   config.precision, ctx, max_windows=1)
+                auroc, auprc = validation_scores(labels, probabilities)
+                _, challenge = tune_thresholds(labels, probabilities, table)
+                scores.append({"auroc": auroc, "auprc": auprc, "challenge": challenge})
         score = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
         improved = score["challenge"] > state["best"] + 1e-6
         if improved:
@@ -364,12 +508,14 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
             print(f"[{name}] epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}  val AUROC "
                   f"{score['auroc']:.3f}  AUPRC {score['auprc']:.3f}  Challenge {score['challenge']:.3f}  "
                   f"({row['seconds']:.0f} s){'  *' if improved else ''}", file=sys.stderr)
-            opt_tensors, opt_meta = checkpoint.optimizer_to_tensors(optimizer)
-            tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
-                       **{f"best.{k}": v for k, v in best_state.items()}, **opt_tensors}
-            checkpoint.save_checkpoint(ckpt_path, tensors, {"state": state, "optimizer": opt_meta})
-            checkpoint.save_json(meta_path, {"state": state, "optimizer": opt_meta})  # for write_log and people
-            write_log(model_directory, log_path)
+            with timer(f"{name} epoch {epoch + 1} checkpoint"):
+                opt_tensors, opt_meta = checkpoint.optimizer_to_tensors(optimizer)
+                tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
+                           **{f"best.{k}": v for k, v in best_state.items()}, **opt_tensors}
+                meta = {"state": state, "optimizer": opt_meta, "scaler": scaler.state_dict()}
+                checkpoint.save_checkpoint(ckpt_path, tensors, meta)
+                checkpoint.save_json(meta_path, meta)  # for write_log and people
+                write_log(checkpoints, log_path)
         barrier(world)
 
     model.load_state_dict(best_state)
@@ -377,10 +523,10 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     return model
 
 
-def write_log(model_directory, log_path):
-    """Per-epoch CSV of every phase so far, and a PNG learning curve beside it."""
+def write_log(checkpoints, log_path):
+    """Per-epoch CSV of every phase so far (from the checkpoints' JSON), and a PNG learning curve beside it."""
     rows = []
-    directory = os.path.join(model_directory, "checkpoints")
+    directory = checkpoints
     for file in sorted(os.listdir(directory)):
         if file.endswith(".json"):
             rows += checkpoint.load_json(os.path.join(directory, file))["state"]["history"]
@@ -412,7 +558,7 @@ def write_log(model_directory, log_path):
     ax_loss.legend(fontsize=7)
     ax_val.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(model_directory, "learning_curve.png"), dpi=100)
+    fig.savefig(os.path.join(os.path.dirname(log_path), "learning_curve.png"), dpi=100)
     plt.close(fig)
 
 
@@ -420,12 +566,26 @@ def write_log(model_directory, log_path):
 # Entry point
 
 
+def folder_size(directory):
+    total = 0
+    for root, _, files in os.walk(directory):
+        for file in files:
+            try:
+                total += os.path.getsize(os.path.join(root, file))
+            except OSError:
+                pass
+    return total
+
+
 def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_SETS):
     """Train models for every lead set in `lead_sets` from the recordings in `data_directory`."""
     os.makedirs(model_directory, exist_ok=True)
     config = (config or load_train_config(model_directory)).resolved()
-    ctx = distributed_context()
-    rank, world, _ = ctx
+    ctx = distributed_context(config.device, config.dist_timeout_minutes)
+    rank, world, local_rank = ctx
+    device = torch.device(config.device if not config.device.startswith("cuda") or world == 1
+                          else f"cuda:{local_rank}")
+    timer = StageTimer(device)
     if config.preset not in PRESET_SAMPLING_RATES:
         raise ValueError(f"unknown preset {config.preset!r}; choose one of {sorted(PRESET_SAMPLING_RATES)}")
     model_config = preset_config(config.preset, **config.model)
@@ -438,17 +598,19 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
     model_config.num_classes = table.num_classes
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
+    work = config.work_directory or model_directory
     if rank == 0:
         checkpoint.save_json(os.path.join(model_directory, "train_config.resolved.json"), asdict(config))
+        report_backends(device)
+        print(f"Precision {config.precision}; work files (cache, checkpoints) in {work}", file=sys.stderr)
 
-    cache_directory = os.path.join(model_directory, "cache")
-    if rank == 0:
+    cache_directory = os.path.join(work, "cache")
+    cache_workers = config.cache_workers or max(1, (os.cpu_count() or 1) // world)
+    with timer("cache build"):
         cache = build_cache(data_directory, cache_directory, preprocess, table, config.max_cache_seconds,
-                            workers=config.cache_workers or None, progress=config.progress)
-    barrier(world)
-    if rank != 0:
-        cache = build_cache(data_directory, cache_directory, preprocess, table, config.max_cache_seconds,
-                            progress=False)
+                            workers=cache_workers, progress=config.progress, rank=rank, world=world,
+                            barrier=lambda: barrier(world),
+                            log=(lambda m: print(m, file=sys.stderr)) if rank == 0 else (lambda m: None))
     skipped = len(cache.meta["skipped"])
     if len(cache) == 0:
         raise RecordError(data_directory, f"no usable recordings ({skipped} skipped)")
@@ -456,9 +618,10 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
         raise RecordError(data_directory, "no recording carries a scored label; nothing to learn")
     if rank == 0:
         print(f"Training on {len(cache)} recordings ({skipped} skipped) with preset {config.preset!r}, "
-              f"strategy {config.strategy!r}, device {config.device}", file=sys.stderr)
+              f"strategy {config.strategy!r}, device {config.device}" + (f" x {world} ranks" if world > 1 else ""),
+              file=sys.stderr)
     train_idx, val_idx = stratified_split(cache.labels, config.val_fraction, config.seed)
-    args = (cache, train_idx, val_idx, config, preprocess, table, model_directory, ctx)
+    args = (cache, train_idx, val_idx, config, preprocess, table, work, model_directory, ctx, timer)
 
     torch.manual_seed(config.seed)
     if config.strategy == "shared":
@@ -466,7 +629,7 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
         shared = train_phase("shared", shared, TWELVE_LEADS, lead_sets, lead_sets, config.epochs, *args)
         models = {}
         for leads in lead_sets:
-            model = specialise(shared.cpu(), leads)
+            model = specialise(shared, leads)  # on the training device, like everything until the files are saved
             if config.finetune_epochs > 0:
                 model = train_phase(f"finetune_{len(leads)}", model, leads, None, [leads],
                                     config.finetune_epochs, *args)
@@ -479,17 +642,55 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
             models[leads] = train_phase(f"separate_{len(leads)}", model, leads, None, [leads], config.epochs,
                                         *args)
 
-    for leads, model in models.items():
-        device = next(model.parameters()).device
-        scores, _, thresholds = validate(model, cache, val_idx, leads, preprocess, table, device)
+    # Final validation with inference's own windows and precision, on the training device, sharded over ranks;
+    # the thresholds are tuned on exactly the probabilities inference will give for these records.
+    labels = cache.labels[val_idx]
+    results = {}
+    with timer("final validation (full inference windows)"):
+        for leads, model in models.items():
+            results[leads] = predict_sharded(model, cache, val_idx, leads, preprocess, model_device(model), None,
+                                             config.precision, ctx)
+    with timer("threshold tuning"):
+        tuned = {}
+        for leads, (probabilities, per_rank) in results.items():
+            auroc, auprc = validation_scores(labels, probabilities)
+            thresholds, challenge = tune_thresholds(labels, probabilities, table)
+            tuned[leads] = ({"auroc": auroc, "auprc": auprc, "challenge": challenge}, thresholds, per_rank)
+    with timer("saving"):
+        agree = {}
+        for leads, model in models.items():
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            _, thresholds, _ = tuned[leads]
+            views = gather_objects((checkpoint.tensors_digest(state), [float(t) for t in thresholds]), world)
+            agree[leads] = all(view == views[0] for view in views)
+            if not agree[leads]:
+                raise RuntimeError(f"DDP ranks disagree on the {len(leads)}-lead model's weights or thresholds "
+                                   f"after training: {[v[0][:12] for v in views]}")
         if rank == 0:
             prior = cache.labels[train_idx].mean(0)
-            save_lead_model(model_directory, leads, model.cpu(), table, thresholds, preprocess,
-                            {"validation": scores, "train_config": asdict(config),
-                             "prior": [float(p) for p in prior]})
-            print(f"Saved {model_file_stem(leads)}: validation AUROC {scores['auroc']:.3f}  "
-                  f"AUPRC {scores['auprc']:.3f}  Challenge {scores['challenge']:.3f}", file=sys.stderr)
-    if rank == 0:  # the count again at the end, where a long run's log is read first
+            for leads, model in models.items():
+                scores, thresholds, per_rank = tuned[leads]
+                save_lead_model(model_directory, leads, model, table, thresholds, preprocess,
+                                {"validation": scores, "train_config": asdict(config),
+                                 "prior": [float(p) for p in prior], "precision": config.precision,
+                                 "split": {"train_records": len(train_idx), "validation_records": len(val_idx),
+                                           "method": "iterative stratification", "seed": config.seed},
+                                 "precision_device": device.type,
+                                 "distributed": {"world_size": world, "validated_per_rank": per_rank,
+                                                 "ranks_agree": agree[leads]}})
+                print(f"Saved {model_file_stem(leads)}: validation AUROC {scores['auroc']:.3f}  "
+                      f"AUPRC {scores['auprc']:.3f}  Challenge {scores['challenge']:.3f}", file=sys.stderr)
+    barrier(world)
+    if rank == 0:
+        print("Where the time went:\n" + timer.table(), file=sys.stderr)
+        timer.save(model_directory)
+        if not config.keep_work:
+            for name in ("cache", "checkpoints"):
+                shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+        kept = "kept" if config.keep_work else "removed (ECGMAMBA_KEEP_WORK=1 keeps them)"
+        print(f"Model folder {model_directory}: {folder_size(model_directory) / 2**20:.1f} MiB; cache and "
+              f"checkpoints {kept}", file=sys.stderr)
+        # the count again at the end, where a long run's log is read first
         print(f"Done: {len(models)} lead-set models in {model_directory}, trained on {len(cache)} recordings "
               f"({skipped} skipped)", file=sys.stderr)
     barrier(world)

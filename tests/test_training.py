@@ -54,6 +54,8 @@ def trained_model(tmp_path_factory, data_dir):
     model_dir = str(tmp_path_factory.mktemp("model"))
     result = run(["train_model.py", data_dir, model_dir], tiny_env())
     assert result.returncode == 0, result.stderr[-3000:]
+    with open(model_dir + ".stderr", "w") as f:  # beside the folder, for the tests that read the log
+        f.write(result.stderr)
     return model_dir
 
 
@@ -145,18 +147,43 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path, data_dir):
             assert json.load(f)["thresholds"] == json.load(g)["thresholds"]
 
 
-def test_ddp_with_gloo_two_processes(tmp_path, data_dir):
+def test_ddp_with_gloo_two_processes_shards_the_cache_and_validation_and_ends_in_agreement(tmp_path, data_dir):
     model_dir = str(tmp_path / "ddp")
-    env = tiny_env(epochs=1)
+    env = tiny_env(epochs=1, ECGMAMBA_KEEP_WORK=1)
     result = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                   "train_model.py", data_dir, model_dir], env)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_log(model_dir)
     with open(os.path.join(model_dir, "cache", "meta.json")) as f:
-        num_records = len(json.load(f)["record_ids"])
-    num_train = num_records - round(num_records * TrainConfig().val_fraction)
-    assert int(rows[0]["steps"]) == math.ceil(math.ceil(num_train / 2) / 8)
-    assert all(os.path.isfile(os.path.join(model_dir, "model_" + "-".join(l) + ".safetensors")) for l in LEAD_SETS)
+        meta = json.load(f)
+    num_records = len(meta["record_ids"])
+    built = meta["built_per_rank"]  # each rank preprocessed half of the records
+    assert len(built) == 2 and sum(built) == num_records and abs(built[0] - built[1]) <= 1
+    for leads in LEAD_SETS:
+        with open(os.path.join(model_dir, "model_" + "-".join(leads) + ".json")) as f:
+            saved = json.load(f)
+        distributed, num_val = saved["distributed"], saved["split"]["validation_records"]
+        assert saved["split"]["train_records"] + num_val == num_records
+        assert int(rows[0]["steps"]) == math.ceil(math.ceil((num_records - num_val) / 2) / 8)
+        # the ranks compared their weight digests and thresholds, and each validated half of the records
+        assert distributed["world_size"] == 2 and distributed["ranks_agree"] is True
+        assert sum(distributed["validated_per_rank"]) == num_val
+        assert abs(distributed["validated_per_rank"][0] - distributed["validated_per_rank"][1]) <= 1
+
+
+def test_distributed_collectives_get_the_configured_timeout(monkeypatch):
+    import datetime
+
+    import ecgmamba.train as train
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(train.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(train.dist, "init_process_group", lambda backend, timeout: calls.append((backend, timeout)))
+    monkeypatch.setattr(train.dist, "get_rank", lambda: 1)
+    assert train.distributed_context("cpu", timeout_minutes=7) == (1, 2, 1)
+    assert calls == [("gloo", datetime.timedelta(minutes=7))]
 
 
 def test_settings_from_file_and_environment(tmp_path):
@@ -224,3 +251,139 @@ def test_an_unusable_checkpoint_is_named_and_the_phase_starts_afresh(tmp_path, d
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[shared] cannot resume (" in result.stderr and "shared.safetensors" in result.stderr
     assert [r["epoch"] for r in read_log(str(model_dir))] == ["1"]
+
+
+def tiny_config(**overrides):
+    return TrainConfig(**{"preset": "small", "epochs": 1, "batch_size": 8, "model": TINY_MODEL, "progress": False,
+                          "cache_workers": 1, "device": "cpu", **overrides})
+
+
+def test_nothing_leaves_the_training_device_between_the_first_epoch_and_the_saved_files(tmp_path, data_dir,
+                                                                                         monkeypatch):
+    import torch.nn as nn
+
+    import ecgmamba.train as train
+
+    moved, predictions = [], []
+    real_cpu, real_predict = nn.Module.cpu, train.predict_cached
+    monkeypatch.setattr(nn.Module, "cpu", lambda self: moved.append(type(self).__name__) or real_cpu(self))
+
+    def spy(network, cache, indices, leads, preprocess, device, *args, **kwargs):
+        predictions.append((next(network.parameters()).device, torch.device(device), kwargs["precision"]))
+        return real_predict(network, cache, indices, leads, preprocess, device, *args, **kwargs)
+
+    monkeypatch.setattr(train, "predict_cached", spy)
+    train.training_code(data_dir, str(tmp_path / "model"), tiny_config(precision="bf16"))
+    assert moved == []  # the old code moved the trained model to the CPU for the final validation
+    assert predictions and all(p == (torch.device("cpu"), torch.device("cpu"), "bf16") for p in predictions)
+    with open(tmp_path / "model" / "model_I-II.json") as f:
+        meta = json.load(f)
+    assert (meta["precision"], meta["precision_device"]) == ("bf16", "cpu")
+
+
+def test_precision_auto_picks_bf16_or_fp16_by_gpu_and_inference_reuses_the_tuned_precision(monkeypatch):
+    from ecgmamba.inference import inference_precision, resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4
+    assert resolve_precision("auto", "cuda") == "fp16" and resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="no bfloat16"):
+        resolve_precision("bf16", "cuda")
+    with pytest.raises(ValueError, match="precision must be"):
+        resolve_precision("fp8", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # an H100
+    assert resolve_precision("auto", "cuda:0") == "bf16"
+    assert inference_precision({"precision": "fp16", "precision_device": "cuda"}, "cuda") == "fp16"
+    assert inference_precision({"precision": "bf16", "precision_device": "cuda"}, "cpu") == "fp32"
+    assert inference_precision({}, "cuda") == "bf16"  # a model saved before precision was recorded
+
+
+def test_fp16_trains_with_a_gradient_scaler_and_resumes_its_scale(tmp_path, data_dir, monkeypatch):
+    import ecgmamba.train as train
+
+    scalers = []
+    real = torch.amp.GradScaler
+
+    def spy(*args, **kwargs):
+        scalers.append(real(*args, **kwargs))
+        return scalers[-1]
+
+    monkeypatch.setattr(torch.amp, "GradScaler", spy)
+    model_dir = tmp_path / "model"
+    train.training_code(data_dir, str(model_dir), tiny_config(precision="fp16", keep_work=True))
+    assert scalers and scalers[0].is_enabled()
+    with open(model_dir / "checkpoints" / "shared.json") as f:
+        assert json.load(f)["scaler"]["scale"] > 0
+    with open(model_dir / "model_I-II-III-aVR-aVL-aVF.json") as f:
+        assert json.load(f)["precision"] == "fp16"
+
+
+def test_model_folder_keeps_only_what_load_model_needs_and_reports_stages(trained_model):
+    names = set(os.listdir(trained_model))
+    assert "cache" not in names and "checkpoints" not in names  # GBs the organizers would otherwise ship
+    stems = {"model_" + "-".join(leads) for leads in LEAD_SETS}
+    assert {n for n in names if n.startswith("model_")} == {s + e for s in stems for e in (".json", ".safetensors")}
+    assert names - {n for n in names if n.startswith("model_")} <= {
+        "train_config.resolved.json", "train_log.csv", "learning_curve.png", "stages.csv", "stages.md"}
+    with open(os.path.join(trained_model, "stages.csv")) as f:
+        stages = list(csv.DictReader(f))
+    assert [s["stage"] for s in stages] == [
+        "cache build", "shared epoch 1 training", "shared epoch 1 validation", "shared epoch 1 checkpoint",
+        "final validation (full inference windows)", "threshold tuning", "saving"]
+    assert abs(sum(float(s["share"]) for s in stages) - 1) < 1e-6 and all(float(s["seconds"]) >= 0 for s in stages)
+    with open(trained_model + ".stderr") as f:
+        log = f.read()
+    assert "Where the time went:" in log and "| cache build |" in log
+    assert "Model folder" in log and "MiB; cache and checkpoints removed" in log
+    assert "Backends on cpu: selective scan: numba CPU kernel" in log
+
+
+def test_work_directory_elsewhere_and_keep_work(tmp_path, data_dir):
+    model_dir, work = tmp_path / "model", tmp_path / "scratch"
+    result = run(["train_model.py", data_dir, str(model_dir)],
+                 tiny_env(ECGMAMBA_WORK_DIRECTORY=str(work), ECGMAMBA_KEEP_WORK=1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (work / "cache" / "meta.json").is_file() and (work / "checkpoints" / "shared.json").is_file()
+    assert not (model_dir / "cache").exists() and (model_dir / "model_I-II.json").is_file()
+
+
+@pytest.mark.parametrize("shm_mib, device, requested, expected", [
+    (64, "cuda", -1, 2),      # Docker's default: paper batches of 6 MiB, two kept per worker, half of shm used
+    (1, "cuda", -1, 0),       # not even one worker fits: batches come from the main process
+    (8192, "cuda", -1, 8),
+    (None, "cuda", -1, 8),    # no /dev/shm to measure (not Linux)
+    (64, "cpu", -1, 0),
+    (64, "cuda", 6, 6),       # asked for explicitly: honoured, with a warning
+])
+def test_dataloader_workers_fit_in_shared_memory(shm_mib, device, requested, expected):
+    from ecgmamba.train import dataloader_workers
+
+    messages = []
+    batch_bytes = 32 * 12 * 8192 * 2  # paper preset, float16 windows
+    shm = None if shm_mib is None else shm_mib * 2**20
+    assert dataloader_workers(requested, device, batch_bytes, shm, cores=16, log=messages.append) == expected
+    if requested > 0:
+        assert messages and "--shm-size" in messages[0]
+
+
+def test_cache_fingerprint_covers_the_code_that_shapes_it(tmp_path, monkeypatch):
+    import ecgmamba.cache as cache
+
+    assert {"ecgmamba.preprocess", "ecgmamba.records", "ecgmamba.scoring"} <= set(cache.CODE_MODULES)
+    module = tmp_path / "fake_preprocess.py"
+    module.write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cache, "CODE_MODULES", ("fake_preprocess",))
+    before = cache.code_digest()
+    module.write_text("SCALE = 2\n")
+    assert cache.code_digest() != before
+
+    data, cache_dir = tmp_path / "data", str(tmp_path / "cache")
+    generate_dataset(str(data), 4, seed=3)
+    monkeypatch.setattr(cache, "CODE_MODULES", ("ecgmamba.preprocess",))
+    quiet = dict(workers=1, progress=False, log=lambda message: None)
+    cache.build_cache(str(data), cache_dir, **quiet)
+    built = os.stat(os.path.join(cache_dir, "signals.npy")).st_mtime_ns
+    monkeypatch.setattr(cache, "code_digest", lambda modules=None: "edited preprocessing")
+    time.sleep(0.01)
+    cache.build_cache(str(data), cache_dir, **quiet)
+    assert os.stat(os.path.join(cache_dir, "signals.npy")).st_mtime_ns != built

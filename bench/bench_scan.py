@@ -1,4 +1,5 @@
-"""Benchmark the selective scan: the plain PyTorch loop against the fused CPU kernel (and mamba-ssm on CUDA).
+"""Benchmark the selective scan: the plain PyTorch loop against the fused CPU kernel and the chunked PyTorch scan
+(and, on CUDA, the chunked scan against mamba-ssm).
 
     .venv/bin/python bench/bench_scan.py            # b=8, d_inner=256, dstate=16, l in 250 500 1000 2500 5000
     .venv/bin/python bench/bench_scan.py --quick    # l in 250 1000, two repeats
@@ -27,12 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ecgmamba.selective_scan import scan_backend, selective_scan_fn, selective_scan_ref  # noqa: E402
+from ecgmamba.selective_scan import (scan_backend, selective_scan_chunked, selective_scan_fn,  # noqa: E402
+                                     selective_scan_ref)
 
 METHODS = {  # name: (function, device, backend it must dispatch to or None)
     "loop": (selective_scan_ref, "cpu", None),
     "fused_cpu": (selective_scan_fn, "cpu", "cpu_fused"),
+    "chunked": (selective_scan_chunked, "cpu", None),
     "loop_cuda": (selective_scan_ref, "cuda", None),
+    "chunked_cuda": (selective_scan_chunked, "cuda", None),
     "mamba_cuda": (selective_scan_fn, "cuda", "mamba_ssm"),
 }
 

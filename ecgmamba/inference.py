@@ -15,7 +15,7 @@ import torch
 
 from ecgmamba import checkpoint
 from ecgmamba.model import ECGMamba, ModelConfig, report_backends
-from ecgmamba.preprocess import PreprocessConfig, preprocess_recording, sliding_windows
+from ecgmamba.preprocess import PreprocessConfig, preprocess_recording, sliding_windows, window_starts
 from ecgmamba.records import (TWELVE_LEADS, RecordError, parse_header, select_leads, standard_leads,
                               to_millivolts)
 
@@ -149,23 +149,37 @@ def predict_many(network, signals, preprocess, device, batch_size=64, precision=
     return sums / np.bincount(owners, minlength=len(signals))[:, None]
 
 
-def predict_cached(network, cache, indices, model_leads, preprocess, device, active_leads=None, chunk=256,
-                   max_windows=None, precision="fp32"):
+def predict_cached(network, cache, indices, model_leads, preprocess, device, active_leads=None,
+                   max_windows=None, precision="fp32", chunk_windows=1024):
     """Probabilities for cached (already preprocessed) records, as inference would give them. With
     active_leads, the model's other input leads are zeroed (a reduced-lead record seen by a 12-lead model);
-    max_windows overrides the preprocessing's cap on windows per record (1: a quick look, for per-epoch checks)."""
+    max_windows overrides the preprocessing's cap on windows per record (1: a quick look, for per-epoch checks).
+    Records are taken in groups of at most chunk_windows windows (at least one record), so host memory stays
+    bounded whatever the record lengths: 1024 paper windows are 400 MB of float32."""
     if max_windows is not None:
         preprocess = dataclasses.replace(preprocess, max_windows=max_windows)
     rows = [TWELVE_LEADS.index(lead) for lead in model_leads]
     mask = None
     if active_leads is not None:
         mask = np.array([lead in active_leads for lead in model_leads], dtype=np.float32)[:, None]
-    out = []
-    for start in range(0, len(indices), chunk):
-        signals = [np.asarray(cache.signal(int(i))[:, rows], dtype=np.float32).T for i in indices[start:start + chunk]]
+    out, group, group_windows = [], [], 0
+
+    def flush():
+        signals = [np.asarray(cache.signal(int(i))[:, rows], dtype=np.float32).T for i in group]
         if mask is not None:
             signals = [s * mask for s in signals]
         out.append(predict_many(network, signals, preprocess, device, precision=precision))
+
+    for i in indices:
+        windows = len(window_starts(int(cache.lengths[int(i)]), preprocess.window_samples, preprocess.window_overlap,
+                                    preprocess.max_windows))
+        if group and group_windows + windows > chunk_windows:
+            flush()
+            group, group_windows = [], 0
+        group.append(i)
+        group_windows += windows
+    if group:
+        flush()
     return np.concatenate(out) if out else np.zeros((0, network.config.num_classes))
 
 

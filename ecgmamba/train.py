@@ -319,12 +319,12 @@ class StageTimer:
         self._sync()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        started = time.perf_counter()
+        started, wall = time.perf_counter(), time.time()
         try:
             yield
         finally:
             self._sync()
-            row = {"stage": name, "seconds": time.perf_counter() - started,
+            row = {"stage": name, "seconds": time.perf_counter() - started, "start_unix": wall, "end_unix": time.time(),
                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             if self.device.type == "cuda":
                 row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
@@ -343,7 +343,7 @@ class StageTimer:
 
     def save(self, directory):
         path = os.path.join(directory, "stages.csv")
-        fieldnames = ["stage", "seconds", "share", "peak_rss_mib", "peak_gpu_mib"]
+        fieldnames = ["stage", "seconds", "share", "peak_rss_mib", "peak_gpu_mib", "start_unix", "end_unix"]
         total = sum(r["seconds"] for r in self.rows) or 1.0
         with open(path + ".tmp", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)

@@ -387,3 +387,37 @@ def test_cache_fingerprint_covers_the_code_that_shapes_it(tmp_path, monkeypatch)
     time.sleep(0.01)
     cache.build_cache(str(data), cache_dir, **quiet)
     assert os.stat(os.path.join(cache_dir, "signals.npy")).st_mtime_ns != built
+
+
+def test_validation_reads_bounded_groups_of_windows_with_the_same_answers(tmp_path, data_dir):
+    from ecgmamba.cache import build_cache
+    from ecgmamba.inference import predict_cached
+    from ecgmamba.model import ECGMamba, preset_config
+    from ecgmamba.preprocess import PreprocessConfig
+    from ecgmamba.records import TWELVE_LEADS
+
+    preprocess = PreprocessConfig(target_fs=250, window_samples=512)
+    cache = build_cache(data_dir, str(tmp_path / "cache"), preprocess, workers=1, progress=False,
+                        log=lambda message: None)
+    torch.manual_seed(0)
+    model = ECGMamba(preset_config("small", num_classes=26, **TINY_MODEL)).eval()
+    indices = np.arange(len(cache))
+    calls = []
+    import ecgmamba.inference as inference
+
+    real = inference.predict_many
+
+    def spy(network, signals, *args, **kwargs):
+        calls.append(len(signals))
+        return real(network, signals, *args, **kwargs)
+
+    inference.predict_many = spy
+    try:
+        whole = predict_cached(model, cache, indices, TWELVE_LEADS, preprocess, torch.device("cpu"))
+        calls.clear()
+        grouped = predict_cached(model, cache, indices, TWELVE_LEADS, preprocess, torch.device("cpu"),
+                                 chunk_windows=8)
+    finally:
+        inference.predict_many = real
+    np.testing.assert_allclose(grouped, whole, rtol=1e-5, atol=1e-6)
+    assert len(calls) > 1 and sum(calls) == len(cache)

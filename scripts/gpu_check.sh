@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One-command GPU rehearsal: parity, speed and train_model.py end to end on whatever GPU is visible; Markdown for
+# bench/RESULTS.md in OUT_DIR.
+#
+#   scripts/gpu_check.sh [torch|kernels|all] [OUT_DIR]        (default: all, $OUT or ./gpu_check_out)
+#
+# torch    needs only a CUDA build of torch: the chunked PyTorch scan's parity and speed, `paper` training and
+#          inference throughput, train_model.py on 2,000 synthetic records (about 3 minutes on an H100/H200).
+# kernels  builds mamba-ssm and causal-conv1d for this card only from the source distributions in $WHEELHOUSE
+#          (default wheelhouse/; scripts/build_cuda_extensions.sh --help says how to download them beforehand on
+#          a machine with internet), then the same measurements with the kernels, plus kernel parity and the
+#          chunked scan's speed relative to the kernel. The build takes minutes.
+# all      torch, then kernels when the wheelhouse holds the two source distributions.
+#
+# Python packages the GPU machine lacks (iterative-stratification, say) are installed from $WHEELS (default
+# .whl/) when that folder exists. Exit status: 0 when every stage ran, 2 without a GPU, 1 on a failure.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STAGE=${1:-all}
+OUT_DIR=${2:-${OUT:-$REPO_ROOT/gpu_check_out}}
+PYTHON=${PYTHON:-python3}
+WHEELHOUSE=${WHEELHOUSE:-$REPO_ROOT/wheelhouse}
+WHEELS=${WHEELS:-$REPO_ROOT/.whl}
+export PYTHONUNBUFFERED=1
+
+case $STAGE in torch | kernels | all) ;; *) echo "usage: $0 [torch|kernels|all] [OUT_DIR]" >&2; exit 1 ;; esac
+mkdir -p "$OUT_DIR"
+cd "$REPO_ROOT"
+
+if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    echo "gpu_check.sh: no CUDA GPU visible to $PYTHON (or no torch): nothing to measure" >&2
+    exit 2
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT_DIR/card.txt" 2>&1 || true
+
+if [[ -d $WHEELS ]] && compgen -G "$WHEELS/*.whl" >/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu_check_site \
+        "$WHEELS"/*.whl
+    export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+run_torch() {
+    echo "==> stage torch" >&2
+    "$PYTHON" bench/gpu_check.py --stage torch --out "$OUT_DIR/gpu_check_torch.md" 2>&1 | tee "$OUT_DIR/torch.log"
+}
+
+run_kernels() {
+    echo "==> stage kernels: building mamba-ssm and causal-conv1d for this card" >&2
+    PYTHON=$PYTHON scripts/build_cuda_extensions.sh --wheelhouse "$WHEELHOUSE" 2>&1 | tee "$OUT_DIR/build.log"
+    "$PYTHON" bench/gpu_check.py --stage kernels --out "$OUT_DIR/gpu_check_kernels.md" 2>&1 |
+        tee "$OUT_DIR/kernels.log"
+}
+
+have_sdists() {
+    compgen -G "$WHEELHOUSE/mamba_ssm-*.tar.gz" >/dev/null && compgen -G "$WHEELHOUSE/causal_conv1d-*.tar.gz" >/dev/null
+}
+
+case $STAGE in
+    torch) run_torch ;;
+    kernels) run_kernels ;;
+    all)
+        run_torch
+        if have_sdists; then
+            run_kernels
+        else
+            echo "gpu_check.sh: no mamba-ssm/causal-conv1d source distributions in $WHEELHOUSE; stage kernels skipped" >&2
+        fi
+        ;;
+esac
+echo "==> Markdown for bench/RESULTS.md in $OUT_DIR" >&2

@@ -1,0 +1,53 @@
+"""The prepared GPU check and the scale rehearsal: they run, and say so when there is nothing to measure."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def run(args, **env):
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_gpu_check_without_a_gpu_says_so_and_exits_2(tmp_path):
+    result = run([sys.executable, "bench/gpu_check.py"])
+    assert result.returncode == 2 and "no CUDA GPU is visible" in result.stderr
+    result = run(["bash", "scripts/gpu_check.sh", "torch", str(tmp_path)], PYTHON=sys.executable)
+    assert result.returncode == 2 and "no CUDA GPU visible" in result.stderr
+
+
+def test_gpu_check_runs_every_step_at_toy_sizes_on_the_cpu(tmp_path):
+    out = tmp_path / "check.md"
+    result = run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("### Scan parity with the CPU kernel", "### Scan speed", "### `paper` preset",
+                    "### train_model.py end to end", "| cache build |", "| threshold tuning |"):
+        assert heading in text, heading
+    assert "FAILED" not in text
+    parity = [line for line in text.splitlines() if line.startswith("| chunked PyTorch | float32")]
+    assert parity and all(float(cell) < 1e-5 for cell in parity[0].strip("|").split("|")[2:])
+
+
+def test_scale_rehearsal_mix_follows_the_public_data():
+    from bench_scale import FULL_SIZE, SOURCES, duration_of, source_counts
+
+    assert sum(s[2] for s in SOURCES) == FULL_SIZE == 88253
+    assert list(source_counts(FULL_SIZE)) == [s[2] for s in SOURCES]
+    for n in (10, 1000, 16000):
+        counts = source_counts(n)
+        assert counts.sum() == n and counts[[s[0] for s in SOURCES].index("INCART")] >= 2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cpsc = [duration_of("cpsc", rng) for _ in range(2000)]
+    assert 6.0 <= min(cpsc) and max(cpsc) <= 60.0 and 14.0 < float(np.mean(cpsc)) < 18.0

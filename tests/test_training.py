@@ -162,9 +162,10 @@ def test_ddp_with_gloo_two_processes_shards_the_cache_and_validation_and_ends_in
     for leads in LEAD_SETS:
         with open(os.path.join(model_dir, "model_" + "-".join(leads) + ".json")) as f:
             saved = json.load(f)
-        distributed, num_val = saved["distributed"], saved["split"]["validation_records"]
-        assert saved["split"]["train_records"] + num_val == num_records
-        assert int(rows[0]["steps"]) == math.ceil(math.ceil((num_records - num_val) / 2) / 8)
+        distributed, split = saved["distributed"], saved["split"]
+        num_val = split["threshold_records"]  # the final validation predicts the tuning half
+        assert split["train_records"] + split["validation_records"] == num_records
+        assert int(rows[0]["steps"]) == math.ceil(math.ceil(split["train_records"] / 2) / 8)
         # the ranks compared their weight digests and thresholds, and each validated half of the records
         assert distributed["world_size"] == 2 and distributed["ranks_agree"] is True
         assert sum(distributed["validated_per_rank"]) == num_val
@@ -421,3 +422,39 @@ def test_validation_reads_bounded_groups_of_windows_with_the_same_answers(tmp_pa
         inference.predict_many = real
     np.testing.assert_allclose(grouped, whole, rtol=1e-5, atol=1e-6)
     assert len(calls) > 1 and sum(calls) == len(cache)
+
+
+def test_thresholds_and_reported_scores_come_from_records_the_epoch_choice_never_saw(monkeypatch):
+    import ecgmamba.train as train
+    from ecgmamba.scoring import load_scoring
+
+    rng = np.random.default_rng(0)
+    labels = rng.random((200, 26)) < 0.2
+    val_idx = np.arange(50, 90)
+    select, tune, method = train.split_validation(labels, val_idx, seed=0)
+    assert not set(select) & set(tune) and sorted(np.concatenate([select, tune])) == list(val_idx)
+    assert abs(len(select) - len(tune)) <= 2 and "selection half" in method
+    one, same, method = train.split_validation(labels, val_idx[:1], seed=0)
+    assert list(one) == list(same) == [50] and "too few" in method
+
+    table = load_scoring("2021")
+    truth = labels[:80]
+    probabilities = np.clip(truth + rng.normal(0, 0.45, truth.shape), 0, 1)
+    tuned_on = []
+    real = train.tune_thresholds
+    monkeypatch.setattr(train, "tune_thresholds", lambda l, p, t: tuned_on.append(len(l)) or real(l, p, t))
+    honest = train.out_of_fold_scores(truth, probabilities, table, seed=0)
+    assert len(tuned_on) == 2 and sum(tuned_on) == 80 and min(tuned_on) >= 38  # each half tuned on the other
+    _, in_sample = real(truth, probabilities, table)
+    assert honest["challenge"] < in_sample  # tuning and scoring on the same records flatters the score
+    assert set(honest) == {"challenge", "f_measure", "accuracy"}
+    assert train.out_of_fold_scores(truth[:1], probabilities[:1], table, seed=0) is None
+
+
+def test_model_json_documents_the_split_and_the_honest_scores(trained_model):
+    with open(os.path.join(trained_model, "model_I-II.json")) as f:
+        meta = json.load(f)
+    split = meta["split"]
+    assert split["selection_records"] + split["threshold_records"] == split["validation_records"]
+    assert "selection half chooses the epoch" in split["method"] and "cross-fitting" in split["reported"]
+    assert {"auroc", "auprc", "challenge", "challenge_in_sample", "f_measure", "accuracy"} <= set(meta["validation"])

@@ -1,24 +1,41 @@
 """Scoring a folder of model outputs against a folder of labelled headers, the way the organizers did.
 
-Loading follows the organizers' evaluate_model.py and helper_code.load_outputs:
-- every `.hea` file of the label folder (sorted by name, hidden files skipped) needs `<record>.csv` in the
-  output folder; the labels are the `#Dx` codes of the header, unscored codes ignored;
-- an output file is four lines: `#record id`, classes, binary outputs, scalar outputs. Classes may come in
-  any order, may join equivalent codes with '|' and may include unscored extra classes (ignored); a scored
-  class missing from the file counts as 0;
-- a binary output is positive only if it reads 1, True, true, T or t (so "1.0" is negative); a scalar
-  output that is not a finite number counts as 0;
-- when several output columns match one scored class (equivalent codes), the binary output is positive if
-  any is, and the scalar output is their mean.
+Every rule below is the one of the organizers' final evaluate_model.py and helper_code.py (evaluation-2021
+repository), so the same folders give the same numbers:
+- label files are the top-level files of the label folder whose name ends in `.hea` in any case and does not
+  start with '.', in sorted order; `<root>.csv` of the output folder belongs to `<root>.hea`;
+- labels: every header line that starts with exactly `#Dx`; its codes are what follows the first ': ', up to
+  the next ': ', split at ',' and stripped (so `#Dx:a`, `# Dx: a` and `#dx: a` give no codes). This is
+  stricter than ecgmamba.records.parse_labels, which training uses, on purpose: the scorer reads what the
+  organizers' scorer reads;
+- an output file's first four lines (universal newlines) are `#record id`, classes, binary outputs and
+  scalar outputs, split at ','; class and binary entries are stripped, scalar entries are not;
+- a class column counts for every scored class one of its '|'-separated codes belongs to (spaces around
+  '|' are kept, so ' 59118001' matches nothing); several columns for one class: binary positive if any is,
+  scalar their mean. Scored classes without a column are 0, columns of unscored codes are ignored;
+- a binary entry is positive when Python's float() reads it as a finite number equal to 1 ("1", "1.0",
+  "1e0", "+1") or when it is True, true, T or t; anything else is negative;
+- a scalar entry that float() does not read as a finite number ("nan", "inf", "1e400", "", text) is 0;
+- a weights.csv entry that is not a finite number is NaN, left out of the Challenge metric's sum, and the
+  always-sinus-rhythm reference is the class that is 426783006 alone (ecgmamba.scoring).
 
-Two deliberate differences: a missing output file is reported together with every other missing one, and
-a malformed output file (too few lines, rows of different lengths) raises an error naming the file
-instead of failing deep inside the loop.
+Deliberate differences, all where the organizers' code stops with an exception instead of a score:
+- every missing output file is named in one error (theirs raises on the first);
+- an output file their loader would crash on is named on stderr and scored as all negative: fewer than four
+  lines, a scored class column without its binary or scalar entry (rows of different lengths), or text that
+  is not UTF-8. Rows of different lengths where every scored column has its entries score as theirs do
+  (extra entries ignored), with a note on stderr;
+- a label file that is not UTF-8 is read with replacement characters (theirs raises);
+- blank lines in a weights.csv are skipped (theirs raises).
+Two refusals the other way, for weights.csv files theirs scores: a code in two classes is an error (theirs
+counts it for both; our tables are also the training class list, where a code has one place), and so is a
+row of another length (theirs ignores extra entries in the last row and only there).
 
 Record ids tell the source database (see SOURCES). Chapman-Shaoxing and Ningbo records both start with
 "JS", so the breakdown reports them together.
 """
 
+import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -27,8 +44,7 @@ import numpy as np
 
 from ecgmamba.metrics import (METRIC_NAMES, bootstrap_ci, class_curve, compute_accuracy, compute_auc,
                               compute_challenge_metric, compute_f_measure, compute_scores)
-from ecgmamba.records import parse_labels
-from ecgmamba.scoring import ScoringTable, encode_labels, load_scoring
+from ecgmamba.scoring import ScoringTable, load_scoring
 
 # Record-id prefix (followed by the record number) -> source database of the 2021 training data.
 SOURCES = (
@@ -40,7 +56,8 @@ SOURCES = (
     ("S", "PTB"),
     ("E", "Georgia"),
 )
-POSITIVE_BINARY = ("1", "True", "true", "T", "t")
+# Binary spellings that count as positive besides numbers equal to 1.
+POSITIVE_WORDS = ("True", "true", "T", "t")
 
 
 @dataclass
@@ -87,57 +104,98 @@ def find_challenge_files(label_directory, output_directory):
     return label_files, output_files
 
 
+def challenge_labels(header_text):
+    """The codes the organizers' scorer takes from a header (their get_labels), duplicates and blanks kept.
+
+    A line counts only if it starts with exactly '#Dx'; its codes are the text between the first and the
+    second ': ', split at ','. Training reads headers more leniently (ecgmamba.records.parse_labels).
+    """
+    codes = []
+    for line in header_text.split("\n"):
+        if line.startswith("#Dx"):
+            parts = line.split(": ")
+            if len(parts) > 1:
+                codes.extend(code.strip() for code in parts[1].split(","))
+    return codes
+
+
 def load_labels(label_files, table):
-    """(records, classes) bool from the `#Dx` codes of each header."""
-    code_lists = []
-    for label_file in label_files:
+    """(records, classes) bool: a class is positive if one of its codes is among the header's `#Dx` codes."""
+    classes = [set(codes) for codes in table.classes]
+    labels = np.zeros((len(label_files), table.num_classes), dtype=bool)
+    for i, label_file in enumerate(label_files):
         with open(label_file, encoding="utf-8", errors="replace") as f:
-            code_lists.append(parse_labels(f.read()))
-    return encode_labels(code_lists, table)
+            codes = set(challenge_labels(f.read()))
+        labels[i] = [bool(class_codes & codes) for class_codes in classes]
+    return labels
 
 
 def read_output_file(output_file):
-    """(record id, classes, binary outputs, scalar outputs) of one output file, as stripped strings."""
-    with open(output_file, encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
+    """(record id, classes, binary outputs, scalar outputs) of one output file: its first four lines split at ','.
+
+    Class and binary entries are stripped; scalar entries are kept as written, because the organizers give
+    those to float() unstripped, and float() does not ignore every character that str.strip() removes.
+    """
+    try:
+        with open(output_file, encoding="utf-8") as f:
+            lines = list(itertools.islice(f, 4))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{output_file}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     if len(lines) < 4:
         raise ValueError(f"{output_file}: expected 4 lines (#record id, classes, binary outputs, scalar outputs), "
                          f"found {len(lines)}")
     recording_id = lines[0][1:].strip() if lines[0].startswith("#") else lines[0].strip()
-    classes, binary, scalar = (tuple(entry.strip() for entry in line.split(",")) for line in lines[1:4])
-    if not len(classes) == len(binary) == len(scalar):
-        raise ValueError(f"{output_file}: {len(classes)} classes but {len(binary)} binary and {len(scalar)} "
-                         f"scalar outputs")
+    classes, binary = (tuple(entry.strip() for entry in line.split(",")) for line in lines[1:3])
+    scalar = tuple(lines[3].split(","))
     return recording_id, classes, binary, scalar
 
 
-def load_classifier_outputs(output_files, table):
-    """(binary, scalar) outputs, (records, classes), with the organizers' merging and sanitising rules.
+def is_positive_binary(entry):
+    """A binary output entry (stripped) is positive if it is a finite number equal to 1 or a 'true' word."""
+    value = _finite_or_none(entry)
+    return (value is not None and value == 1) or entry in POSITIVE_WORDS
 
-    A malformed or empty output file is named on stderr and scored as all negative (the organizers' 2021 rule
-    for formatting errors), so one broken file does not stop the scoring of thousands.
+
+def load_classifier_outputs(output_files, table):
+    """(binary, scalar) outputs, (records, classes), with the organizers' matching and sanitising rules.
+
+    A file their loader would crash on is named on stderr and scored as all negative, so one broken file does
+    not stop the scoring of thousands.
     """
-    code_to_index = table.code_to_index()
+    class_sets = [set(codes) for codes in table.classes]
     binary_outputs = np.zeros((len(output_files), table.num_classes), dtype=bool)
     scalar_outputs = np.zeros((len(output_files), table.num_classes), dtype=np.float64)
     for i, output_file in enumerate(output_files):
         try:
-            _, classes, binary, scalar = read_output_file(output_file)
+            binary_outputs[i], scalar_outputs[i] = _record_outputs(output_file, class_sets)
         except (ValueError, OSError) as error:
             print(f"- {error}; all its outputs are taken as negative", file=sys.stderr)
-            continue
-        binary_values = [[] for _ in range(table.num_classes)]
-        scalar_values = [[] for _ in range(table.num_classes)]
-        for entry, binary_entry, scalar_entry in zip(classes, binary, scalar):
-            matched = {code_to_index[code] for code in entry.split("|") if code in code_to_index}
-            for j in matched:
-                binary_values[j].append(binary_entry in POSITIVE_BINARY)
-                scalar_values[j].append(_finite_or_zero(scalar_entry))
-        for j in range(table.num_classes):
-            if binary_values[j]:
-                binary_outputs[i, j] = any(binary_values[j])
-                scalar_outputs[i, j] = np.mean(scalar_values[j])
     return binary_outputs, scalar_outputs
+
+
+def _record_outputs(output_file, class_sets):
+    """One output file's (binary, scalar) row over the scored classes (sets of equivalent codes)."""
+    _, classes, binary, scalar = read_output_file(output_file)
+    column_sets = [set(entry.split("|")) for entry in classes]
+    columns_of_class = [[k for k, column in enumerate(column_sets) if not column.isdisjoint(codes)]
+                        for codes in class_sets]
+    last_complete = min(len(binary), len(scalar))
+    short = sorted({k for columns in columns_of_class for k in columns if k >= last_complete})
+    if short:
+        raise ValueError(f"{output_file}: scored class column {short[0] + 1} ({classes[short[0]]!r}) has no "
+                         f"{'binary' if short[0] >= len(binary) else 'scalar'} output ({len(classes)} classes, "
+                         f"{len(binary)} binary and {len(scalar)} scalar outputs)")
+    if not len(classes) == len(binary) == len(scalar):
+        print(f"- {output_file}: {len(classes)} classes, {len(binary)} binary and {len(scalar)} scalar outputs; "
+              "entries outside the scored columns are ignored, as the organizers do", file=sys.stderr)
+    binary_row = np.zeros(len(class_sets), dtype=bool)
+    scalar_row = np.zeros(len(class_sets), dtype=np.float64)
+    for j, columns in enumerate(columns_of_class):
+        if columns:
+            binary_row[j] = any(is_positive_binary(binary[k]) for k in columns)
+            with np.errstate(over="ignore", invalid="ignore"):  # a mean of huge values may overflow, as theirs does
+                scalar_row[j] = np.mean([_finite_or_zero(scalar[k]) for k in columns])
+    return binary_row, scalar_row
 
 
 def load_evaluation(label_directory, output_directory, table):
@@ -256,9 +314,15 @@ def plot_curves(evaluation, directory):
     return written
 
 
-def _finite_or_zero(entry):
+def _finite_or_none(entry):
+    """float(entry) if that is a finite number, else None (the organizers' is_finite_number test)."""
     try:
         value = float(entry)
     except ValueError:
-        return 0.0
-    return value if np.isfinite(value) else 0.0
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _finite_or_zero(entry):
+    value = _finite_or_none(entry)
+    return 0.0 if value is None else value

@@ -5,12 +5,15 @@ organizers' conventions are kept on purpose, because they decide the numbers:
 - AUROC is the trapezoidal area under (TPR, TNR) and AUPRC the step area under (TPR, PPV), both taken at
   the distinct output values only, so tied outputs move together.
 - A class without positive labels has AUROC = AUPRC = NaN (a class without negatives has AUROC = NaN) and
-  macro averages skip NaN. A class never labelled nor output has F-measure NaN.
+  macro averages skip NaN (and are NaN when every class is). A class never labelled nor output has
+  F-measure NaN.
 - A NaN scalar output stops the organizers' threshold sweep before it starts: that class gets AUROC 0
   (NaN if it lacks positives or negatives) and AUPRC NaN. Their loader replaces non-finite outputs by 0
   before this point, so it only matters when calling these functions directly.
 - The Challenge metric credits each record by weights[label, output] / max(#(labels ∪ outputs), 1) and is
-  normalised so that always answering sinus rhythm scores 0 and answering the labels scores 1.
+  normalised so that always answering sinus rhythm scores 0 and answering the labels scores 1 (0 when those
+  two score the same). NaN weights count as 0 (np.nansum), which is how the organizers' table loader ends
+  up treating every weight that is not a finite number.
 
 The compute_* functions also take `counts`, the records' multiplicities (how the bootstrap scores a
 resample without copying it); None means once each.

@@ -86,28 +86,28 @@ def _load_json(path):
 
 
 def _load_weights_csv(path):
-    """An official-format weights.csv: a square table whose row and column names are the classes."""
+    """An official-format weights.csv: a square table whose row and column names are the classes.
+
+    Read like the organizers' load_table: an entry that is not a finite number (text, empty, nan, inf)
+    becomes NaN, which the Challenge metric's nansum then leaves out.
+    """
     with open(path) as f:
         rows = [[cell.strip() for cell in line.split(",")] for line in f if line.strip()]
     if len(rows) < 2:
         raise ValueError(f"{path}: the weight table is empty")
     header = rows[0][1:]
-    if any(len(row) != len(header) + 1 for row in rows[1:]) or len(rows) - 1 != len(header):
-        raise ValueError(f"{path}: the weight table is not square ({len(rows) - 1} rows, {len(header)} columns)")
+    uneven = [row for row in rows[1:] if len(row) != len(header) + 1]
+    if uneven or len(rows) - 1 != len(header):
+        detail = f"; row {uneven[0][0]} has {len(uneven[0]) - 1} entries" if uneven else ""
+        raise ValueError(f"{path}: the weight table is not square ({len(rows) - 1} rows, {len(header)} columns"
+                         f"{detail})")
     column_classes = [frozenset(name.split("|")) for name in header]
     row_classes = [frozenset(row[0].split("|")) for row in rows[1:]]
     if row_classes != column_classes:
         raise ValueError(f"{path}: row names differ from column names")
-    weights = np.zeros((len(header), len(header)), dtype=np.float64)
-    for i, row in enumerate(rows[1:]):
-        for j, cell in enumerate(row[1:]):
-            try:
-                weights[i, j] = float(cell)
-            except ValueError:
-                raise ValueError(f"{path}: weight in row {row[0]}, column {header[j]} is not a number: {cell!r}")
-            if not np.isfinite(weights[i, j]):
-                raise ValueError(f"{path}: weight in row {row[0]}, column {header[j]} is not finite: {cell!r}")
-    classes = [tuple(code.strip() for code in name.split("|")) for name in header]
+    weights = np.array([[_finite_or_nan(cell) for cell in row[1:]] for row in rows[1:]], dtype=np.float64)
+    # Codes are split at '|' without stripping (the organizers' sets), a code repeated in a class counts once.
+    classes = [tuple(dict.fromkeys(name.split("|"))) for name in header]
 
     # Names and abbreviations are not in weights.csv; borrow them from our own tables where the code is known.
     known = {}
@@ -129,7 +129,17 @@ def _checked_table(path, classes, names, abbreviations, weights, sinus_rhythm):
     codes = [code for class_codes in classes for code in class_codes]
     if len(set(codes)) != len(codes):
         raise ValueError(f"{path}: a code appears in more than one class")
-    sinus = [i for i, class_codes in enumerate(classes) if sinus_rhythm in class_codes]
+    # The organizers look for a class that is sinus rhythm alone (their classes.index({'426783006'})).
+    sinus = [i for i, class_codes in enumerate(classes) if set(class_codes) == {sinus_rhythm}]
     if not sinus:
-        raise ValueError(f"{path}: the sinus rhythm class {sinus_rhythm} is not among the scored classes")
+        raise ValueError(f"{path}: the sinus rhythm class {sinus_rhythm} (on its own) is not among the scored "
+                         "classes")
     return ScoringTable(classes, names, abbreviations, weights, sinus[0])
+
+
+def _finite_or_nan(cell):
+    try:
+        value = float(cell)
+    except ValueError:
+        return float("nan")
+    return value if np.isfinite(value) else float("nan")

@@ -98,6 +98,18 @@ def test_auc_with_ties_by_hand():
     assert (macro_auroc, macro_auprc) == (auroc[0], auprc[0])
 
 
+def test_auc_signed_zeros_tie_and_infinities_are_ordinary_thresholds():
+    # -0 and 0 are one threshold; inf (a mean of huge outputs can overflow) is simply the highest one.
+    labels = np.array([[1], [0], [1], [0], [0]], dtype=bool)
+    outputs = np.array([[0.0], [-0.0], [np.inf], [-np.inf], [0.5]])
+    # Sweep inf (TP), .5 (FP), 0 and -0 (TP + FP), -inf (FP): points (TPR, TNR) (0, 1), (.5, 1), (.5, 2/3),
+    # (1, 1/3), (1, 0); PPV 1, 1/2, 2/4, 2/5.
+    _, _, auroc, auprc = metrics.compute_auc(labels, outputs)
+    assert auroc[0] == pytest.approx(0.5 * 0.5 * 2 + 0.5 * 0.5 * (2 / 3 + 1 / 3), abs=1e-15)
+    assert auprc[0] == pytest.approx(0.5 * 1 + 0.5 * 0.5, abs=1e-15)
+    assert np.array_equal(loop_auc(labels, outputs), (auroc, auprc))
+
+
 def test_auc_nan_semantics():
     labels = np.array([[0, 1, 1], [0, 1, 0], [0, 1, 1], [0, 1, 0]], dtype=bool)
     outputs = np.array([[0.2, 0.1, 0.7], [0.4, 0.3, 0.7], [0.6, 0.5, 0.7], [0.8, 0.7, 0.7]])
@@ -216,6 +228,21 @@ def test_auc_matches_loop_and_sklearn(data):
             assert auprc[k] == pytest.approx(average_precision_score(labels[:, k], scalar[:, k]), abs=1e-12)
     finite = np.isfinite(auroc)
     assert np.isnan(macro_auroc) if not finite.any() else macro_auroc == pytest.approx(auroc[finite].mean())
+
+
+@settings(max_examples=150, deadline=None)
+@given(scored_data(), st.data())
+def test_auc_is_the_very_floats_of_the_threshold_walk(data, draw):
+    """Not close but equal, with outputs from a pool of ties, signed zeros and infinities: scores.csv rounds alike."""
+    labels, _, _ = data
+    pool = [0.0, -0.0, 0.1, 0.3, 1 / 3, 0.7, 1e308, np.inf, -np.inf, -1e-300]
+    scalar = np.array(draw.draw(arrays(np.int64, labels.shape, elements=st.integers(0, len(pool) - 1))))
+    scalar = np.array(pool)[scalar]
+    macro_auroc, macro_auprc, auroc, auprc = metrics.compute_auc(labels, scalar)
+    loop_auroc, loop_auprc = loop_auc(labels, scalar)
+    assert np.array_equal(auroc, loop_auroc, equal_nan=True) and np.array_equal(auprc, loop_auprc, equal_nan=True)
+    for macro, per_class in ((macro_auroc, auroc), (macro_auprc, auprc)):
+        assert same(macro, np.nanmean(per_class) if np.isfinite(per_class).any() else np.nan, 0)
 
 
 @settings(max_examples=100, deadline=None)

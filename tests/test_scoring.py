@@ -110,10 +110,11 @@ def test_load_official_format_weights_file(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (",426783006,1\n426783006,1,0.5\n", "not square"),
+    (",426783006,1\n426783006,1,0.5\n1,0.5,1,0\n", "row 1 has 3 entries"),  # the organizers ignore the extra
     (",426783006,1\n426783006,1,0.5\n2,0.5,1\n", "row names differ"),
-    (",426783006,1\n426783006,1,x\n1,0.5,1\n", "not a number"),
-    (",426783006,1\n426783006,1,nan\n1,0.5,1\n", "not finite"),
     (",164889003\n164889003,1\n", "sinus rhythm"),
+    (",426783006|1,2\n426783006|1,1,0.5\n2,0.5,1\n", "426783006 .on its own."),
+    (",426783006,1|2,2\n426783006,1,0.5,0.5\n1|2,0.5,1,0\n2,0.5,0,1\n", "more than one class"),
     ("", "empty"),
 ])
 def test_bad_weights_file(tmp_path, content, message):
@@ -122,6 +123,23 @@ def test_bad_weights_file(tmp_path, content, message):
     with pytest.raises(ValueError, match=message) as error:
         load_scoring(str(path))
     assert str(path) in str(error.value)
+
+
+def test_weights_that_are_not_finite_numbers_read_as_nan(tmp_path):
+    """The organizers' load_table: anything float() does not read as a finite number is NaN (nansum skips it)."""
+    path = tmp_path / "weights.csv"
+    path.write_text(",426783006,1,2\n426783006,1,x,\n1,inf,1,-inf\n2,1e400,nan, 0.5 \n")
+    weights = load_scoring(str(path)).weights
+    assert np.isnan(weights[[0, 0, 1, 1, 2, 2], [1, 2, 0, 2, 0, 1]]).all()
+    assert weights[0, 0] == weights[1, 1] == 1.0 and weights[2, 2] == 0.5
+
+
+def test_weight_class_codes_are_split_at_bars_without_stripping(tmp_path):
+    path = tmp_path / "weights.csv"
+    path.write_text(",426783006, 164889003 | 2 ,3|3\n426783006,1,0,0\n164889003 | 2,0,1,0\n3,0,0,1\n")
+    table = load_scoring(str(path))
+    assert table.classes == [("426783006",), ("164889003 ", " 2"), ("3",)]  # spaces kept; a repeated code once
+    assert table.class_codes == ["426783006", "164889003 | 2", "3"]
 
 
 def test_missing_weights_file(tmp_path):

@@ -322,7 +322,9 @@ class ECGMamba(nn.Module):
         return F.interpolate(self.pos_embed.transpose(1, 2), size=length, mode="linear",
                              align_corners=False).transpose(1, 2)
 
-    def forward_features(self, signal):
+    def token_features(self, signal):
+        """(final-norm features of every token (B, L, d_model), class-token position or None): what the pooling
+        reads, kept per token so the head can be applied to each (ecgmamba.explain)."""
         tokens = self.stem(signal).transpose(1, 2)                      # (B, L, d_model)
         batch, length, _ = tokens.shape
         position = self.token_position(length)
@@ -334,7 +336,10 @@ class ECGMamba(nn.Module):
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual)
         residual = residual + layer.drop_path(hidden_states)
-        hidden_states = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return self.norm_f(residual.to(self.norm_f.weight.dtype)), position
+
+    def forward_features(self, signal):
+        hidden_states, position = self.token_features(signal)
         if position is not None:
             return hidden_states[:, position]
         if self.config.pooling == "mean+max":

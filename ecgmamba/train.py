@@ -216,6 +216,8 @@ def split_validation(labels, val_idx, seed):
     if len(val_idx) < 2:
         return val_idx, val_idx, "one validation split for both choices (too few records to halve it)"
     select, tune = stratified_split(labels[val_idx], 0.5, seed + 1)
+    if len(select) == 0 or len(tune) == 0:  # iterative stratification can leave a tiny set's half empty
+        return val_idx, val_idx, "one validation split for both choices (too few records to halve it)"
     return val_idx[select], val_idx[tune], ("validation halved (iterative stratification): the selection half "
                                             "chooses the epoch, the tuning half the thresholds")
 
@@ -227,6 +229,8 @@ def out_of_fold_scores(labels, probabilities, table, seed):
     if len(labels) < 2:
         return None
     a, b = stratified_split(labels, 0.5, seed + 2)
+    if len(a) == 0 or len(b) == 0:
+        return None
     binary = np.zeros(labels.shape, dtype=bool)
     for scored, tuned_on in ((a, b), (b, a)):
         thresholds, _ = tune_thresholds(labels[tuned_on], probabilities[tuned_on], table)

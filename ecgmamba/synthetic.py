@@ -40,8 +40,9 @@ LAD = "39732003"  # left axis deviation
 RAD = "47665007"  # right axis deviation
 TINV = "59931005"  # T-wave inversion
 PACED = "10370003"  # pacing rhythm
+SA = "427393009"  # sinus arrhythmia (hard mode only)
 
-LEARNABLE_CLASSES = (SR, SB, STACH, AF, IAVB, RBBB, LBBB, PVC, PAC, LQRSV, LAD, RAD, TINV, PACED)
+LEARNABLE_CLASSES = (SR, SB, STACH, AF, IAVB, RBBB, LBBB, PVC, PAC, LQRSV, LAD, RAD, TINV, PACED, SA)
 RHYTHMS = (SR, SB, STACH, AF, PACED)  # exactly one per record
 SINUS_RHYTHMS = (SR, SB, STACH)
 
@@ -50,7 +51,17 @@ SINUS_RHYTHMS = (SR, SB, STACH)
 DEFAULT_PREVALENCE = {
     SR: 0.40, SB: 0.20, STACH: 0.15, AF: 0.15, PACED: 0.10,
     IAVB: 0.20, RBBB: 0.12, LBBB: 0.10, PVC: 0.12, PAC: 0.15, LQRSV: 0.10, LAD: 0.12, RAD: 0.10, TINV: 0.15,
+    SA: 0.0,
 }
+# Hard mode (generate_record(hard=True)): a benchmark that can tell models apart. Sinus arrhythmia joins; every
+# measured property reaches its label's threshold from both sides; ectopic beats are less premature and some PACs
+# have a sinus-like P wave; unlabelled confounders (borderline-wide QRS, incomplete-RBBB-like terminal waves, flat
+# T waves); more baseline wander and bursts of muscle noise.
+HARD_PREVALENCE = {SA: 0.15}
+HARD_HEART_RATE_RANGES = {SR: (60.5, 99.5), SB: (40.0, 59.5), STACH: (100.5, 150.0), AF: (60.0, 150.0),
+                          PACED: (60.0, 80.0)}
+# Respiratory RR modulation (fraction of the RR interval): normal heart-rate variability, and sinus arrhythmia.
+RESPIRATORY_MODULATION = {"normal": (0.01, 0.025), "hard normal": (0.01, 0.04), "sinus arrhythmia": (0.06, 0.11)}
 
 # Heart rate ranges (bpm) drawn for each rhythm; margins keep the labels unambiguous.
 HEART_RATE_RANGES = {SR: (62.0, 98.0), SB: (42.0, 57.0), STACH: (103.0, 140.0), AF: (65.0, 140.0), PACED: (60.0, 80.0)}
@@ -150,6 +161,8 @@ def validate_labels(labels):
         problems.append("RBBB and LBBB are exclusive")
     if LAD in labels and RAD in labels:
         problems.append("left and right axis deviation are exclusive")
+    if SA in labels and rhythm not in SINUS_RHYTHMS:
+        problems.append("sinus arrhythmia needs a sinus rhythm")
     if rhythm == PACED and len(labels) > 1:
         problems.append("pacing rhythm is generated alone")
     if TINV in labels and (RBBB in labels or LBBB in labels):
@@ -161,8 +174,9 @@ def validate_labels(labels):
     return [code for code in LEARNABLE_CLASSES if code in labels]
 
 
-def draw_labels(rng, prevalence=None):
-    """A random, never contradictory label set: one rhythm, then compatible modifiers."""
+def draw_labels(rng, prevalence=None, hard=False):
+    """A random, never contradictory label set: one rhythm, then compatible modifiers (sinus arrhythmia only in
+    hard mode, drawn last so that the normal mode's draws are unchanged)."""
     p = _check_prevalence(prevalence)
     weights = np.array([p[code] for code in RHYTHMS], dtype=np.float64)
     rhythm = RHYTHMS[rng.choice(len(RHYTHMS), p=weights / weights.sum())]
@@ -188,6 +202,8 @@ def draw_labels(rng, prevalence=None):
         labels.append(LQRSV)
     if RBBB not in labels and LBBB not in labels and u[6] < p[TINV]:
         labels.append(TINV)
+    if hard and rhythm in SINUS_RHYTHMS and rng.random() < p[SA]:
+        labels.append(SA)
     return validate_labels(labels)
 
 
@@ -283,8 +299,9 @@ def _pvc_template(rng):
 # Rhythm
 
 
-def _beat_times(rng, rhythm, heart_rate, end):
-    """R-peak times from -1.5 s to past `end`; sinus rhythm carries respiratory and slow heart-rate variability."""
+def _beat_times(rng, rhythm, heart_rate, end, modulation=RESPIRATORY_MODULATION["normal"]):
+    """R-peak times from -1.5 s to past `end`; sinus rhythm carries respiratory (`modulation`: the range of its
+    depth, a fraction of RR) and slow heart-rate variability."""
     rr0 = 60.0 / heart_rate
     count = int(math.ceil((end + 1.5) / (0.45 * rr0))) + 4
     k = np.arange(count)
@@ -295,7 +312,7 @@ def _beat_times(rng, rhythm, heart_rate, end):
         rr = np.full(count, rr0) + rng.normal(0.0, 0.001, count)
     else:
         resp = rng.uniform(0.15, 0.35)
-        rr = rr0 * (1.0 + rng.uniform(0.01, 0.025) * np.sin(2 * np.pi * resp * k * rr0 + rng.uniform(0, 2 * np.pi))
+        rr = rr0 * (1.0 + rng.uniform(*modulation) * np.sin(2 * np.pi * resp * k * rr0 + rng.uniform(0, 2 * np.pi))
                     + rng.uniform(0.0, 0.015) * np.sin(2 * np.pi * 0.1 * k * rr0 + rng.uniform(0, 2 * np.pi))
                     + rng.normal(0.0, 0.008, count))
     times = -1.5 + rng.uniform(0.0, 1.0) * rr0 + np.concatenate([[0.0], np.cumsum(rr[:-1])])
@@ -361,8 +378,9 @@ def _fibrillatory_waves(rng, n, fs):
     return np.outer(_unit([-0.3, 0.6, 0.8]), wave)
 
 
-def _noise(rng, n, fs, level):
-    """Per-lead white noise, baseline wander and sometimes mains interference for I, II, V1..V6 (mV)."""
+def _noise(rng, n, fs, level, hard=False):
+    """Per-lead white noise, baseline wander and sometimes mains interference for I, II, V1..V6 (mV); hard mode
+    adds stronger wander and bursts of muscle (EMG) noise."""
     if level == 0:
         return np.zeros((8, n))
     t = np.arange(n) / fs
@@ -374,15 +392,26 @@ def _noise(rng, n, fs, level):
     if rng.random() < 0.3:
         mains = 50.0 if rng.random() < 0.5 else 60.0
         noise += (rng.uniform(0.003, 0.02, (8, 1)) * level) * np.sin(2 * np.pi * mains * t + rng.uniform(0, 2 * np.pi))
+    if hard:
+        sources = np.sin(2 * np.pi * rng.uniform(0.05, 0.4, (2, 1)) * t + rng.uniform(0, 2 * np.pi, (2, 1)))
+        noise += (rng.uniform(-0.25, 0.25, (8, 2)) * level) @ sources
+        for _ in range(int(rng.integers(0, 2 + int(n / fs // 10)))):  # muscle bursts: 0.3-2 s of broadband noise
+            start, length = int(rng.integers(0, n)), int(rng.uniform(0.3, 2.0) * fs)
+            burst = rng.normal(0.0, 1.0, (8, min(length, n - start)))
+            burst = np.diff(burst, axis=1, prepend=0.0)  # whitened towards high frequencies, as EMG is
+            noise[:, start:start + burst.shape[1]] += rng.uniform(0.01, 0.04, (8, 1)) * level * burst
     return noise
 
 
-def generate_record(rng, fs=500, duration_s=10.0, labels=None, *, prevalence=None, noise_level=1.0, heart_rate=None):
+def generate_record(rng, fs=500, duration_s=10.0, labels=None, *, prevalence=None, noise_level=1.0, heart_rate=None,
+                    hard=False, return_events=False):
     """One synthetic 12-lead ECG.
 
-    Returns (signal in mV as float32 (12, n) in the order I, II, III, aVR, aVL, aVF, V1..V6, labels, age, sex).
+    Returns (signal in mV as float32 (12, n) in the order I, II, III, aVR, aVL, aVF, V1..V6, labels, age, sex),
+    and with return_events=True a fifth item: {"pac": [s], "pvc": [s]}, the R-peak times of the ectopic beats.
     `labels` fixes the diagnoses (a sinus rhythm label is added when no rhythm is given); None draws them from
-    `prevalence`. `heart_rate` (bpm) must agree with the rhythm label; None draws it.
+    `prevalence`. `heart_rate` (bpm) must agree with the rhythm label; None draws it. hard=True: the hard benchmark
+    (see HARD_PREVALENCE); the default mode's records are unchanged by it.
     """
     rng = np.random.default_rng(rng)  # a Generator passes through; a seed makes one
     if not (isinstance(fs, (int, float, np.integer, np.floating)) and 100 <= fs <= 10000):
@@ -391,10 +420,12 @@ def generate_record(rng, fs=500, duration_s=10.0, labels=None, *, prevalence=Non
         raise ValueError(f"duration_s must be between 6 and 3600 s, got {duration_s!r}")
     if not (isinstance(noise_level, (int, float, np.integer, np.floating)) and 0 <= noise_level <= 10):
         raise ValueError(f"noise_level must be between 0 and 10, got {noise_level!r}")
-    labels = draw_labels(rng, prevalence) if labels is None else validate_labels(labels)
+    if hard:
+        prevalence = {**HARD_PREVALENCE, **(prevalence or {})}
+    labels = draw_labels(rng, prevalence, hard) if labels is None else validate_labels(labels)
     rhythm = next(code for code in labels if code in RHYTHMS)
     if heart_rate is None:
-        low, high = HEART_RATE_RANGES[rhythm]
+        low, high = (HARD_HEART_RATE_RANGES if hard else HEART_RATE_RANGES)[rhythm]
         heart_rate = rng.uniform(low, min(high, 85.0) if IAVB in labels else high)  # keeps P waves off T waves
     else:
         low, high = HEART_RATE_LIMITS[rhythm]
@@ -408,49 +439,67 @@ def generate_record(rng, fs=500, duration_s=10.0, labels=None, *, prevalence=Non
     conduction = "paced" if rhythm == PACED else "rbbb" if RBBB in labels else "lbbb" if LBBB in labels else "normal"
     qrs = _qrs_template(rng, conduction)
     if LAD in labels:
-        axis = rng.uniform(-75.0, -40.0)
+        axis = rng.uniform(-85.0, -31.0) if hard else rng.uniform(-75.0, -40.0)
     elif RAD in labels:
-        axis = rng.uniform(105.0, 150.0)
+        axis = rng.uniform(91.0, 160.0) if hard else rng.uniform(105.0, 150.0)
     else:
-        axis = rng.uniform(-15.0, 80.0)
+        axis = rng.uniform(-29.0, 89.0) if hard else rng.uniform(-15.0, 80.0)
+    if hard and conduction == "normal" and rng.random() < 0.15:  # confounder: borderline-wide QRS, no label
+        qrs[:, _SL:_SR + 1] *= rng.uniform(1.15, 1.3)
     _set_axis(qrs, axis, fixed=1 if conduction == "rbbb" else 0)
     voltage = _limb_peak_to_peak(qrs)
     damping = 1.0  # low voltage (effusion, obesity, emphysema) damps every wave, ectopic beats included
     if LQRSV in labels:
-        damping = rng.uniform(0.2, 0.42) / voltage
+        damping = rng.uniform(0.2, 0.48 if hard else 0.42) / voltage
         qrs[:, _VEC] *= damping
+    elif hard and (voltage < 0.52 or rng.random() < 0.3):  # normal voltage, down to just above 0.5 mV
+        qrs[:, _VEC] *= rng.uniform(0.52, 0.9) / voltage
     elif voltage < 0.9:
         qrs[:, _VEC] *= rng.uniform(0.9, 1.3) / voltage
+    if hard and conduction == "normal" and rng.random() < 0.12:  # confounder: incomplete-RBBB-like terminal R'
+        amp = np.linalg.norm(qrs[1, _VEC])
+        qrs = np.vstack([qrs, [rng.uniform(0.04, 0.05), 0.01, 0.012,
+                               *(rng.uniform(0.1, 0.2) * amp * _unit([-0.5, 0.0, 0.85]))]])
     onset = _qrs_onset(qrs)
     t_vec, t_sl, t_sr = _t_wave(rng, labels, qrs, conduction)
+    if hard and TINV not in labels and rng.random() < 0.15:  # confounder: flat, not inverted, T waves
+        t_vec = t_vec * rng.uniform(0.05, 0.25)
     p_vec = rng.uniform(0.12, 0.22) * _unit(_frontal(rng.uniform(35.0, 70.0), rng.uniform(-0.1, 0.3)))
     if LQRSV in labels:
         t_vec, p_vec = t_vec * max(damping, 0.15), p_vec * max(damping, 0.3)
     t_delay = 0.0 if conduction == "normal" else 0.04
     t_scale = rng.uniform(0.24, 0.28)
     p_sigma = rng.uniform(0.018, 0.024)
-    pr = rng.uniform(0.23, 0.34) if IAVB in labels else rng.uniform(0.12, 0.18)
+    if hard:
+        pr = rng.uniform(0.21, 0.30) if IAVB in labels else rng.uniform(0.12, 0.195)
+    else:
+        pr = rng.uniform(0.23, 0.34) if IAVB in labels else rng.uniform(0.12, 0.18)
     has_p = rhythm in SINUS_RHYTHMS or (rhythm == PACED and rng.random() < 0.5)
 
     # Beat sequence: 'N' conducted (sinus, AF or paced), 'S' PAC, 'V' PVC.
-    times = _beat_times(rng, rhythm, heart_rate, duration_s)
+    modulation = RESPIRATORY_MODULATION["normal"]
+    if hard:
+        modulation = RESPIRATORY_MODULATION["sinus arrhythmia" if SA in labels else "hard normal"]
+    times = _beat_times(rng, rhythm, heart_rate, duration_s, modulation)
     kinds = np.full(times.size, "N")
     pac_beats = []
     if PAC in labels:
         chosen = _pick_ectopic(rng, times, duration_s)
         for j in reversed(chosen):  # premature, then the sinus node resets: later beats move earlier
             rr = times[j] - times[j - 1]
-            shift = (1.0 - rng.uniform(0.62, 0.75)) * rr
+            shift = (1.0 - rng.uniform(0.62, 0.85 if hard else 0.75)) * rr
             times[j:] -= shift
             kinds[j] = "S"
         pac_beats = chosen
         # Ectopic focus low in the atria: P inverted in the inferior leads, PR a little shorter.
         pac_p_vec = np.linalg.norm(p_vec) * _unit(_frontal(rng.uniform(-120.0, -60.0), rng.uniform(-0.2, 0.3)))
+        if hard and rng.random() < 0.5:  # a focus near the sinus node: a P wave like the sinus one
+            pac_p_vec = p_vec * rng.uniform(0.8, 1.1)
         pac_p_sigma = rng.uniform(0.015, 0.02)
         pac_pr = max(0.1, pr - rng.uniform(0.0, 0.03))
     if PVC in labels:
         chosen = _pick_ectopic(rng, times, duration_s, exclude=pac_beats)
-        coupling = rng.uniform(0.45, 0.62)
+        coupling = rng.uniform(0.5, 0.85) if hard else rng.uniform(0.45, 0.62)
         for j in chosen:  # replaces the sinus beat; the next sinus beat keeps its time: compensatory pause
             rr = times[j] - times[j - 1]
             times[j] = times[j - 1] + max(coupling * rr, min(0.36, 0.75 * rr))  # never on the preceding T peak
@@ -510,7 +559,7 @@ def generate_record(rng, fs=500, duration_s=10.0, labels=None, *, prevalence=Non
             index = index[(index >= 0) & (index < n)]
             dipole[:, index] += vec[:, None]
 
-    eight = LEAD_VECTORS @ dipole + _noise(rng, n, fs, noise_level)
+    eight = LEAD_VECTORS @ dipole + _noise(rng, n, fs, noise_level, hard)
     lead_i, lead_ii = eight[0], eight[1]
     signal = np.empty((12, n), dtype=np.float32)
     signal[0], signal[1] = lead_i, lead_ii
@@ -519,6 +568,11 @@ def generate_record(rng, fs=500, duration_s=10.0, labels=None, *, prevalence=Non
     signal[4] = lead_i - 0.5 * lead_ii
     signal[5] = lead_ii - 0.5 * lead_i
     signal[6:] = eight[2:]
+    if return_events:
+        inside = (times >= 0) & (times < duration_s)
+        events = {"pac": [float(t) for t in times[inside & (kinds == "S")]],
+                  "pvc": [float(t) for t in times[inside & (kinds == "V")]]}
+        return signal, labels, age, sex, events
     return signal, labels, age, sex
 
 
@@ -561,7 +615,7 @@ def write_record(directory, record_id, signal_mv, fs, labels, age, sex, gain=100
 
 
 def generate_dataset(directory, num_records, seed=0, fs=500, duration_s=10.0, prefix="SYN", prevalence=None,
-                     noise_level=1.0, gain=1000.0):
+                     noise_level=1.0, gain=1000.0, hard=False):
     """Write `num_records` records to `directory`; returns their ids.
 
     Record i depends only on (seed, i) and the options, so the same call writes byte-identical files.
@@ -587,7 +641,7 @@ def generate_dataset(directory, num_records, seed=0, fs=500, duration_s=10.0, pr
         else:
             record_duration = duration_s
         signal, labels, age, sex = generate_record(rng, record_fs, record_duration, prevalence=prevalence,
-                                                   noise_level=noise_level)
+                                                   noise_level=noise_level, hard=hard)
         record_id = f"{prefix}{i + 1:05d}"
         write_record(directory, record_id, signal, record_fs, labels, age, sex, gain=gain)
         record_ids.append(record_id)
@@ -664,13 +718,15 @@ def main(argv=None):
     parser.add_argument("--prefix", default="SYN", help="record id prefix (default SYN)")
     parser.add_argument("--noise", type=float, default=1.0, help="noise level, 0 for clean signals (default 1)")
     parser.add_argument("--gain", type=float, default=1000.0, help="ADC gain in units per mV (default 1000)")
+    parser.add_argument("--hard", action="store_true",
+                        help="the hard benchmark: borderline findings, subtler ectopy, sinus arrhythmia, confounders")
     parser.add_argument("--prevalence", type=_prevalence_argument, default=None, metavar="CODE=W,...",
                         help="override class weights, e.g. 164889003=0.3,59118001=0.2")
     args = parser.parse_args(argv)
     try:
         record_ids = generate_dataset(args.out_dir, args.num_records, seed=args.seed, fs=args.fs,
                                       duration_s=args.duration, prefix=args.prefix, prevalence=args.prevalence,
-                                      noise_level=args.noise, gain=args.gain)
+                                      noise_level=args.noise, gain=args.gain, hard=args.hard)
     except (ValueError, OSError) as error:
         parser.error(str(error))
     print(f"Wrote {len(record_ids)} records to {args.out_dir}")

@@ -237,7 +237,7 @@ def test_drawn_labels_are_never_contradictory():
         if PACED in labels:
             assert labels == [PACED]
         assert not {RBBB, LBBB} <= set(labels) and not {LAD, RAD} <= set(labels)
-    assert seen == set(LEARNABLE_CLASSES)
+    assert seen == set(LEARNABLE_CLASSES) - {synthetic.SA}  # sinus arrhythmia is the hard mode's
 
 
 def test_contradictory_or_unknown_labels_are_refused():
@@ -430,3 +430,55 @@ def test_command_line_explains_bad_arguments(tmp_path, capsys, bad, message):
     with pytest.raises(SystemExit):
         synthetic.main([])
     assert "out_dir" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hard mode: the benchmark that tells models apart
+
+
+def test_hard_mode_leaves_the_default_records_alone_and_adds_sinus_arrhythmia(tmp_path):
+    generate_dataset(str(tmp_path / "a"), 6, seed=9, fs="mixed", duration_s="mixed")
+    generate_dataset(str(tmp_path / "b"), 6, seed=9, fs="mixed", duration_s="mixed", hard=False)
+    for f in os.listdir(tmp_path / "a"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    drawn = [generate_record(np.random.default_rng(s), 250, 10.0)[1] for s in range(200)]
+    assert not any(synthetic.SA in labels for labels in drawn)  # never outside hard mode
+    hard = [generate_record(np.random.default_rng(s), 250, 10.0, hard=True)[1] for s in range(200)]
+    with_sa = [labels for labels in hard if synthetic.SA in labels]
+    assert 10 <= len(with_sa) and all(set(labels) & set(synthetic.SINUS_RHYTHMS) for labels in with_sa)
+    with pytest.raises(ValueError, match="sinus arrhythmia needs a sinus rhythm"):
+        validate_labels([AF, synthetic.SA])
+
+
+def test_hard_sinus_arrhythmia_is_only_a_little_stronger_than_normal_variability():
+    fs = 250
+    sa = [rr_variation(record([SR, synthetic.SA], s, fs, 30.0, hard=True, heart_rate=70.0), fs) for s in range(6)]
+    normal = [rr_variation(record([SR], s, fs, 30.0, hard=True, heart_rate=70.0), fs) for s in range(6)]
+    assert np.mean(sa) > 1.3 * np.mean(normal)  # the label is there in the signal...
+    assert max(normal) > 0.5 * min(sa)          # ...but not far from normal heart-rate variability
+
+
+def test_hard_ectopic_beats_are_less_premature_and_reported_where_they_are():
+    fs = 500
+    couplings = []
+    for seed in range(12):
+        signal, labels, _, _, events = generate_record(np.random.default_rng(seed), fs, 30.0, [SR, PAC, PVC],
+                                                       heart_rate=65.0, hard=True, return_events=True)
+        assert events["pac"] and events["pvc"]
+        peaks = r_peaks(signal, fs) / fs
+        for t in events["pac"] + events["pvc"]:
+            assert np.min(np.abs(peaks - t)) < 0.06  # each reported ectopic beat is a detected beat
+            j = int(np.argmin(np.abs(peaks - t)))
+            if 1 <= j < len(peaks) - 1:
+                couplings.append((peaks[j] - peaks[j - 1]) / np.median(np.diff(peaks)))
+    assert max(couplings) > 0.8 and min(couplings) < 0.7  # up to 85 % of the RR interval, down to the usual
+
+
+def test_hard_thresholds_are_reached_from_both_sides():
+    fs = 250
+    rates = {rhythm: [heart_rate(record([rhythm], s, fs, 20.0, hard=True), fs) for s in range(40)]
+             for rhythm in (SR, SB, STACH)}
+    assert max(rates[SB]) > 57 and min(rates[SR]) < 65 and max(rates[SR]) > 94 and min(rates[STACH]) < 106
+    # the labels still follow the rate: the drawn mean rate sits on its side; the measured (median-RR) one may
+    # stray by heart-rate variability, which is what makes the borderline records hard
+    assert max(rates[SB]) < 61.5 and min(rates[SR]) > 59.5 and max(rates[SR]) < 101.5 and min(rates[STACH]) > 99.5

@@ -123,9 +123,7 @@ def link_records(paths, directory):
 
 def run_fold(paths, train, test, fold_directory, config, team_code, table, progress):
     """Train on `train`, score every lead set on `test`; returns and saves the fold's scores."""
-    from ecgmamba.driver import run_folder
-    from ecgmamba.evaluation import evaluate_model
-    from ecgmamba.reduced_leads import write_reduced_copy
+    from ecgmamba.reduced_leads import score_lead_sets
     from ecgmamba.train import training_code
 
     train_dir = os.path.join(fold_directory, "train_data")
@@ -135,21 +133,13 @@ def run_fold(paths, train, test, fold_directory, config, team_code, table, progr
     link_records([paths[i] for i in test], test_dir)
     training_code(train_dir, model_dir, config)
     scores = {"train_records": len(train), "test_records": len(test), "lead_sets": {}}
-    for leads in LEAD_SETS:
-        name = f"{len(leads)}_leads"
-        reduced = os.path.join(fold_directory, name, "data")
-        outputs = os.path.join(fold_directory, name, "outputs")
-        for problem in write_reduced_copy(test_dir, reduced, leads):
-            print(f"skipped {problem}", file=sys.stderr)
-        run_folder(team_code, model_dir, reduced, outputs, progress=progress)
-        _, auroc, auprc, auroc_classes, auprc_classes, accuracy, f_measure, f_classes, challenge = \
-            evaluate_model(reduced, outputs, weights=table)
+    for leads, row in score_lead_sets(team_code, model_dir, test_dir, fold_directory, weights=table,
+                                      progress=progress, keep_copies=False):
         scores["lead_sets"][str(len(leads))] = {
-            "AUROC": auroc, "AUPRC": auprc, "F-measure": f_measure, "Accuracy": accuracy,
-            "Challenge metric": challenge,
-            "classes": {"AUROC": list(map(float, auroc_classes)), "AUPRC": list(map(float, auprc_classes)),
-                        "F-measure": list(map(float, f_classes))}}
-        shutil.rmtree(reduced, ignore_errors=True)  # the reduced copy is as large as the fold's data
+            **{name: float(row[name]) for name in METRICS},
+            "classes": {"AUROC": list(map(float, row["auroc_classes"])),
+                        "AUPRC": list(map(float, row["auprc_classes"])),
+                        "F-measure": list(map(float, row["f_measure_classes"]))}}
     for name in ("train_data", "test_data"):
         shutil.rmtree(os.path.join(fold_directory, name), ignore_errors=True)
     save_json(os.path.join(fold_directory, "scores.json"), scores)

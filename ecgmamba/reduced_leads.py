@@ -10,6 +10,7 @@ metrics and prints one table with a row per lead set.
 import argparse
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 
@@ -71,8 +72,10 @@ def write_reduced_copy(data_directory, output_directory, leads):
 
 
 def score_lead_sets(team_code, model_directory, data_directory, work_directory, lead_sets=LEAD_SETS,
-                    weights="2021", progress=True):
-    """Returns a list of (leads, scores dict) rows, one per lead set."""
+                    weights="2021", progress=True, keep_copies=True):
+    """Returns a list of (leads, scores dict) rows, one per lead set; per-class AUROC, AUPRC and F-measure are in
+    auroc_classes, auprc_classes and f_measure_classes. keep_copies=False removes each reduced copy once scored
+    (the outputs stay): it is as large as the data."""
     from ecgmamba.evaluation import evaluate_model
 
     rows = []
@@ -84,10 +87,13 @@ def score_lead_sets(team_code, model_directory, data_directory, work_directory, 
             print(f"skipped {problem}", file=sys.stderr)
         run_folder(team_code, model_directory, reduced, outputs, progress=progress)
         result = evaluate_model(reduced, outputs, weights=weights)
-        _, auroc, auprc, auroc_classes, _, accuracy, f_measure, _, challenge = result
+        _, auroc, auprc, auroc_classes, auprc_classes, accuracy, f_measure, f_measure_classes, challenge = result
         scores = dict(zip(METRIC_NAMES, (auroc, auprc, accuracy, f_measure, challenge)))
-        scores["auroc_classes"] = list(auroc_classes)
+        scores.update(auroc_classes=list(auroc_classes), auprc_classes=list(auprc_classes),
+                      f_measure_classes=list(f_measure_classes))
         rows.append((leads, scores))
+        if not keep_copies:
+            shutil.rmtree(reduced, ignore_errors=True)
     return rows
 
 

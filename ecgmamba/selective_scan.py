@@ -101,6 +101,15 @@ def _effective_delta(delta, delta_bias, delta_softplus, dtype):
     return F.softplus(dt) if delta_softplus else dt
 
 
+def _skip_and_gate(y, x, D, z):
+    """out = (y + D x) * silu(z), each term only when given: the elementwise end every implementation shares."""
+    if D is not None:
+        y = y + x * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False):
     """The selective scan as a readable loop over time; materialises (batch, dim, length, dstate).
@@ -139,11 +148,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         groups = Cg.shape[1]
         y = torch.einsum("bghln,bgnl->bghl", states.view(batch, groups, dim // groups, length, dstate), Cg)
         y = y.reshape(batch, dim, length)
-    if D is not None:
-        y = y + x * D.to(dtype)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
-    out = y.to(u.dtype)
+    out = _skip_and_gate(y, x, D, z).to(u.dtype)
     return (out, h) if return_last_state else out
 
 
@@ -390,11 +395,7 @@ def _selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ret
     dt = _effective_delta(delta, delta_bias, delta_softplus, dtype)
     Bt, Ct = (_grouped(M).to(dtype).transpose(-1, -2).contiguous() for M in (B, C))
     y, last_state = _CpuScan.apply(x.contiguous(), dt.contiguous(), A.to(dtype).contiguous(), Bt, Ct)
-    if D is not None:
-        y = y + x * D.to(dtype)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
-    out = y.to(u.dtype)
+    out = _skip_and_gate(y, x, D, z).to(u.dtype)
     return (out, last_state) if return_last_state else out
 
 
@@ -520,11 +521,7 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
                                        dt.reshape(batch, groups, heads, length).contiguous(),
                                        A.to(dtype).reshape(groups, heads, dstate).contiguous(), Bt, Ct, chunk)
     y = y.reshape(batch, dim, length)
-    if D is not None:
-        y = y + x * D.to(dtype)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
-    out = y.to(u.dtype)
+    out = _skip_and_gate(y, x, D, z).to(u.dtype)
     return (out, last_state.reshape(batch, dim, dstate)) if return_last_state else out
 
 

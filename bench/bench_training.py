@@ -58,8 +58,8 @@ def main():
         model = ECGMamba(config)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         start = time.perf_counter()
-        for x, y in loader:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        for x, y, valid in loader:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x.float(), valid), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

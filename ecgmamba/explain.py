@@ -20,6 +20,7 @@ import sys
 import numpy as np
 import torch
 
+from ecgmamba.model import token_centres
 from ecgmamba.preprocess import preprocess_recording, window_starts
 from ecgmamba.records import RecordError, read_header, read_raw, to_millivolts, select_leads
 
@@ -27,14 +28,6 @@ PAPER_SPEED_MM_S = 25.0
 GAIN_MM_MV = 10.0
 STRIP_SECONDS = 10.0
 LAYOUT_12 = (("I", "aVR", "V1", "V4"), ("II", "aVL", "V2", "V5"), ("III", "aVF", "V3", "V6"))
-
-
-def token_centres(config, num_tokens):
-    """Input-sample position (within a window) of each stem output token's receptive-field centre."""
-    centres = np.arange(num_tokens, dtype=np.float64)
-    for k, s, p in reversed(list(zip(config.stem_kernels, config.stem_strides, config.stem_paddings))):
-        centres = centres * s - p + (k - 1) / 2
-    return centres
 
 
 @torch.no_grad()

@@ -44,6 +44,7 @@ class ModelConfig:
     divide_out: bool = True          # Vim halves the sum of both directions; ECG-Mamba-V2 does not
     drop_path: float = 0.1
     dropout: float = 0.0             # on the pooled feature, before the head
+    mask_padding: bool = True        # pooled tokens: only those centred on real signal, not on zero padding
 
     def to_dict(self):
         d = asdict(self)
@@ -90,6 +91,16 @@ def stem_output_length(config, num_samples=None):
     for k, s, p in zip(config.stem_kernels, config.stem_strides, config.stem_paddings):
         length = (length + 2 * p - k) // s + 1
     return length
+
+
+def token_centres(config, num_tokens):
+    """Input-sample position (within a window) of each stem output token's receptive-field centre."""
+    import numpy as np
+
+    centres = np.arange(num_tokens, dtype=np.float64)
+    for k, s, p in reversed(list(zip(config.stem_kernels, config.stem_strides, config.stem_paddings))):
+        centres = centres * s - p + (k - 1) / 2
+    return centres
 
 
 def _load_causal_conv1d():
@@ -338,19 +349,30 @@ class ECGMamba(nn.Module):
         residual = residual + layer.drop_path(hidden_states)
         return self.norm_f(residual.to(self.norm_f.weight.dtype)), position
 
-    def forward_features(self, signal):
+    def forward_features(self, signal, valid_samples=None):
         hidden_states, position = self.token_features(signal)
         if position is not None:
             return hidden_states[:, position]
+        if valid_samples is None or not self.config.mask_padding:
+            mean, peak = hidden_states.mean(dim=1), hidden_states.amax(dim=1)
+        else:  # a record shorter than the window: pool the tokens centred on its signal, not on the padding
+            centres = torch.as_tensor(token_centres(self.config, hidden_states.shape[1]), dtype=torch.float32,
+                                      device=signal.device)
+            valid = centres[None, :] < valid_samples.to(signal.device)[:, None].to(centres.dtype)
+            valid[:, 0] |= ~valid.any(dim=1)  # shorter than one token's reach: keep the first token
+            weights = valid.to(hidden_states.dtype)[..., None]
+            mean = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
+            peak = hidden_states.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)
         if self.config.pooling == "mean+max":
-            return 0.5 * (hidden_states.mean(dim=1) + hidden_states.amax(dim=1))
-        return hidden_states.mean(dim=1)
+            return 0.5 * (mean + peak)
+        return mean
 
-    def forward(self, signal):
-        """signal (B, num_leads, samples) -> logits (B, num_classes)."""
+    def forward(self, signal, valid_samples=None):
+        """signal (B, num_leads, samples) -> logits (B, num_classes). valid_samples (B,): how many leading samples
+        of each row are signal (the rest zero padding); None: all."""
         if signal.dim() != 3 or signal.shape[1] != self.config.num_leads:
             raise ValueError(f"expected input (batch, {self.config.num_leads}, samples), got {tuple(signal.shape)}")
-        return self.head(self.dropout(self.forward_features(signal)))
+        return self.head(self.dropout(self.forward_features(signal, valid_samples)))
 
 
 def count_parameters(model):

@@ -154,7 +154,9 @@ class WindowDataset(Dataset):
         x[:, :len(crop)] = crop.T
         if self.masks is not None:
             x *= self.masks[rng.integers(len(self.masks))][:, None].astype(np.float16)
-        return torch.from_numpy(x), torch.from_numpy(self.cache.labels[record].astype(np.float32))
+        # with the number of real samples: a record shorter than the window is padded, and the padding not pooled
+        return (torch.from_numpy(x), torch.from_numpy(self.cache.labels[record].astype(np.float32)),
+                torch.tensor(len(crop)))
 
 
 def shared_memory_bytes(path="/dev/shm"):
@@ -481,14 +483,14 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
         bar = tqdm(loader, desc=f"[{name}] epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                    disable=not (config.progress and rank == 0), file=sys.stderr)
         with timer(f"{name} epoch {epoch + 1} training"):
-            for x, y in bar:
+            for x, y, valid in bar:
                 lr = learning_rate(state["step"], total_steps, config.lr, config.warmup_fraction)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = x.to(device, non_blocking=True).float()
                 y = y.to(device, non_blocking=True)
                 with autocast(device, config.precision):
-                    logits = train_model(x)
+                    logits = train_model(x, valid)
                 logits = logits.float()
                 if config.loss == "asymmetric":
                     loss = asymmetric_loss(logits, y)

@@ -209,3 +209,27 @@ def test_whole_model_cuda_kernels_match_cpu_on_the_same_weights(cls_token):
             p_bf16 = torch.sigmoid(gpu_model(x.cuda()).float()).cpu()
     assert (p_cpu - p_gpu).abs().max() < 1e-4
     assert (p_cpu - p_bf16).abs().max() < 5e-2
+
+
+def test_zero_padding_of_a_short_record_is_not_pooled():
+    from ecgmamba.model import token_centres
+
+    torch.manual_seed(0)
+    config = ModelConfig(num_samples=512, d_model=16, depth=2, d_state=4, stem_channels=8, stem_paddings=(2, 7),
+                         cls_token="none", pooling="mean+max")
+    model = ECGMamba(config).eval()
+    x = torch.randn(2, 12, 512)
+    x[0, :, 300:] = 0.0  # a 300-sample record padded to the window
+    valid = torch.tensor([300, 512])
+    with torch.no_grad():
+        pooled = model.forward_features(x, valid)
+        tokens, _ = model.token_features(x)
+        keep = torch.as_tensor(token_centres(config, tokens.shape[1]) < 300)
+        short = tokens[0, keep]
+        torch.testing.assert_close(pooled[0], 0.5 * (short.mean(0) + short.amax(0)))
+        torch.testing.assert_close(pooled[1], 0.5 * (tokens[1].mean(0) + tokens[1].amax(0)), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(model(x, valid)[0], model(x)[0])  # the padding was in the pool before
+        off = ECGMamba(ModelConfig(**{**config.to_dict(), "stem_kernels": (14, 15), "stem_strides": (3, 4),
+                                      "stem_paddings": (2, 7), "mask_padding": False})).eval()
+        off.load_state_dict(model.state_dict())
+        torch.testing.assert_close(off(x, valid), model(x))  # mask_padding=False: the old behaviour

@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""The hard benchmark: this model against a plain 1D-ResNet on synthetic data that can tell models apart.
+
+    python bench/bench_quality.py [--train-records 2000] [--test-records 500] [--epochs 30]
+                                  [--models small resnet small:pooling=mean ...] [--work DIR] [--out FILE]
+
+Training data: --train-records hard-mode records (ecgmamba.synthetic, hard=True) of 10 s at 257/500/1000 Hz.
+Test data: --test-records hard-mode records of 6-60 s at the same rates, ectopic beats anywhere in the record.
+Every model is trained by the same loop for the same epochs (the package's windows, lead-set masking, weighted BCE,
+AdamW with warm-up and cosine decay), then run on the test records of every lead set with the package's inference
+(half-overlapping windows, probabilities averaged). Printed per model and lead set: macro AUROC and AUPRC over the
+classes present, over the rhythm classes PAC, PVC, SA and AF, and the rhythm-class AUPRC of records of 10 s or
+less and of records longer than 20 s. A model is `resnet` or a preset with ModelConfig overrides after a colon,
+e.g. `small:pooling=mean,depth=6`.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ecgmamba.cache import build_cache  # noqa: E402
+from ecgmamba.inference import predict_many  # noqa: E402
+from ecgmamba.metrics import compute_auc  # noqa: E402
+from ecgmamba.model import ECGMamba, PRESET_SAMPLING_RATES, count_parameters, preset_config  # noqa: E402
+from ecgmamba.preprocess import PreprocessConfig, preprocess_recording  # noqa: E402
+from ecgmamba.records import LEAD_SETS, TWELVE_LEADS, read_header, read_signal, select_leads  # noqa: E402
+from ecgmamba.scoring import encode_labels, load_scoring  # noqa: E402
+from ecgmamba.synthetic import (AF, MIXED_RATE_WEIGHTS, MIXED_RATES, PAC, PVC, SA, generate_dataset,  # noqa: E402
+                                generate_record, write_record)
+from ecgmamba.train import WindowDataset, learning_rate, positive_weights  # noqa: E402
+
+RHYTHM_CLASSES = {"PAC": PAC, "PVC": PVC, "SA": SA, "AF": AF}
+
+
+class ResNet1D(nn.Module):
+    """A plain 1D-ResNet baseline (about 0.5 M parameters): a strided stem, four stages of two residual blocks,
+    global mean + max pooling, one linear head. Kept in bench/: it is the yardstick, not part of the package."""
+
+    class Config:
+        def __init__(self, num_classes):
+            self.num_classes = num_classes
+
+    class Block(nn.Module):
+        def __init__(self, channels_in, channels, stride):
+            super().__init__()
+            self.conv1 = nn.Conv1d(channels_in, channels, 7, stride, 3, bias=False)
+            self.bn1 = nn.BatchNorm1d(channels)
+            self.conv2 = nn.Conv1d(channels, channels, 7, 1, 3, bias=False)
+            self.bn2 = nn.BatchNorm1d(channels)
+            self.skip = (nn.Sequential(nn.Conv1d(channels_in, channels, 1, stride, bias=False), nn.BatchNorm1d(channels))
+                         if stride != 1 or channels_in != channels else nn.Identity())
+
+        def forward(self, x):
+            y = F.relu(self.bn1(self.conv1(x)))
+            return F.relu(self.bn2(self.conv2(y)) + self.skip(x))
+
+    def __init__(self, num_leads=12, num_classes=26, widths=(32, 48, 72, 96)):
+        super().__init__()
+        self.config = self.Config(num_classes)
+        self.stem = nn.Sequential(nn.Conv1d(num_leads, widths[0], 15, 2, 7, bias=False), nn.BatchNorm1d(widths[0]),
+                                  nn.ReLU(), nn.MaxPool1d(3, 2, 1))
+        blocks, channels = [], widths[0]
+        for i, width in enumerate(widths):
+            blocks += [self.Block(channels, width, 1 if i == 0 else 2), self.Block(width, width, 1)]
+            channels = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        h = self.blocks(self.stem(x))
+        return self.head(0.5 * (h.mean(-1) + h.amax(-1)))
+
+
+def build_model(spec, num_classes):
+    if spec == "resnet":
+        return ResNet1D(num_classes=num_classes), "small"
+    preset, _, overrides = spec.partition(":")
+    values = {}
+    for item in filter(None, overrides.split(",")):
+        key, _, value = item.partition("=")
+        values[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    return ECGMamba(preset_config(preset, num_classes=num_classes, **values)), preset
+
+
+def write_test_set(directory, n, seed):
+    """n hard-mode records of 6-60 s at mixed rates; returns {record id: ectopic beat times}."""
+    os.makedirs(directory, exist_ok=True)
+    events = {}
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(n)):
+        rng = np.random.default_rng(child)
+        fs = int(rng.choice(MIXED_RATES, p=MIXED_RATE_WEIGHTS))
+        signal, labels, age, sex, ectopic = generate_record(rng, fs, float(rng.uniform(6.0, 60.0)), hard=True,
+                                                            return_events=True)
+        record_id = f"HARDTE{i + 1:05d}"
+        write_record(directory, record_id, signal, fs, labels, age, sex)
+        events[record_id] = ectopic
+    return events
+
+
+def train(model, cache, preprocess, epochs, batch_size, lr, seed):
+    dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    pos_weight = positive_weights(cache.labels)
+    total = max(1, epochs * math.ceil(len(dataset) / batch_size))
+    step = 0
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        model.train()
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for x, y, valid in loader:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total, lr, 0.05)
+            logits = model(x.float(), valid) if isinstance(model, ECGMamba) else model(x.float())
+            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+    return model.eval()
+
+
+def evaluate(model, test_records, preprocess, table):
+    """{lead count: {metric: value}} on the test records, each lead set as the shared model sees it."""
+    labels = encode_labels([r["labels"] for r in test_records], table)
+    durations = np.array([r["seconds"] for r in test_records])
+    rhythm = [table.class_codes.index(next(c for c in table.class_codes if code in c.split("|")))
+              for code in RHYTHM_CLASSES.values()]
+    results = {}
+    for leads in LEAD_SETS:
+        mask = np.array([lead in leads for lead in TWELVE_LEADS], dtype=np.float32)[:, None]
+        probabilities = np.concatenate([
+            predict_many(model, [r["signal"] * mask for r in test_records[i:i + 64]], preprocess, torch.device("cpu"))
+            for i in range(0, len(test_records), 64)])
+        auroc, auprc, auroc_classes, auprc_classes = compute_auc(labels, probabilities)
+        row = {"AUROC": auroc, "AUPRC": auprc,
+               "rhythm AUROC": float(np.nanmean(auroc_classes[rhythm])),
+               "rhythm AUPRC": float(np.nanmean(auprc_classes[rhythm]))}
+        for name, j in zip(RHYTHM_CLASSES, rhythm):
+            row[f"{name} AUPRC"] = float(auprc_classes[j])
+        for name, chosen in (("<=10 s", durations <= 10.0), (">20 s", durations > 20.0)):
+            _, _, _, part = compute_auc(labels[chosen], probabilities[chosen])
+            row[f"rhythm AUPRC {name}"] = float(np.nanmean(part[rhythm]))
+        results[len(leads)] = row
+    return results
+
+
+def evidence_hits(model, test_records, events, preprocess, table, tolerance=0.3):
+    """{class: (hits, records)}: for each test record labelled PAC (PVC), whether the time of the strongest token
+    evidence for that class lies within `tolerance` s of a beat the generator made ectopic."""
+    from ecgmamba.explain import token_evidence
+
+    out = {}
+    for name, code, kind in (("PAC", PAC, "pac"), ("PVC", PVC, "pvc")):
+        j = next(i for i, c in enumerate(table.class_codes) if code in c.split("|"))
+        hits = total = 0
+        for record in test_records:
+            beats = events.get(record["id"], {}).get(kind, [])
+            if code not in record["labels"] or not beats:
+                continue
+            times, evidence = token_evidence(model, record["signal"], preprocess, torch.device("cpu"))
+            strongest = times[int(np.argmax(evidence[:, j]))]
+            hits += int(np.min(np.abs(np.asarray(beats) - strongest)) <= tolerance)
+            total += 1
+        out[name] = (hits, total)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-records", type=int, default=2000)
+    parser.add_argument("--test-records", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--models", nargs="+", default=["small", "resnet"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="/tmp/ecgmamba_bench_quality")
+    parser.add_argument("--out", help="also write the Markdown table here")
+    args = parser.parse_args()
+    table = load_scoring("2021")
+    train_dir, test_dir = os.path.join(args.work, "train"), os.path.join(args.work, "test")
+    if not os.path.isdir(train_dir):
+        generate_dataset(train_dir, args.train_records, seed=args.seed, fs="mixed", prefix="HARDTR", hard=True)
+    if not os.path.isdir(test_dir):
+        events = write_test_set(test_dir, args.test_records, args.seed + 1)
+        with open(os.path.join(args.work, "test_events.json"), "w") as f:
+            json.dump(events, f)
+
+    lines = [f"Hard benchmark: {args.train_records} training records (10 s), {args.test_records} test records "
+             f"(6-60 s), {args.epochs} epochs, batch {args.batch_size}, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads.", "",
+             "| model | params | train s | leads | AUROC | AUPRC | rhythm AUROC | rhythm AUPRC | PAC | PVC | SA | AF "
+             "| rhythm AUPRC <=10 s | rhythm AUPRC >20 s |", "|---|---:|---:|---:|" + "---:|" * 10]
+    notes = []
+    for spec in args.models:
+        torch.manual_seed(args.seed)
+        model, preset = build_model(spec, table.num_classes)
+        fs = PRESET_SAMPLING_RATES[preset]
+        window = model.config.num_samples if hasattr(model.config, "num_samples") else preset_config(preset).num_samples
+        preprocess = PreprocessConfig(target_fs=fs, window_samples=window)
+        cache = build_cache(train_dir, os.path.join(args.work, f"cache_{fs}_{window}"), preprocess, table,
+                            max_seconds=60.0, progress=False, log=lambda message: None)
+        test_records = []
+        for name in sorted(f for f in os.listdir(test_dir) if f.endswith(".hea")):
+            header = read_header(os.path.join(test_dir, name))
+            signal = select_leads(read_signal(os.path.join(test_dir, name[:-4] + ".mat"), header), header.leads,
+                                  TWELVE_LEADS)
+            test_records.append({"id": name[:-4], "labels": header.labels, "seconds": header.num_samples / header.fs,
+                                 "signal": preprocess_recording(signal, header.fs, preprocess)})
+        lr = 1e-3 if spec == "resnet" else 3e-3
+        started = time.perf_counter()
+        train(model, cache, preprocess, args.epochs, args.batch_size, lr, args.seed)
+        seconds = time.perf_counter() - started
+        for leads, row in evaluate(model, test_records, preprocess, table).items():
+            lines.append(f"| {spec} | {count_parameters(model) / 1e6:.2f} M | {seconds:.0f} | {leads} | "
+                         + " | ".join(f"{row[k]:.3f}" for k in (
+                             "AUROC", "AUPRC", "rhythm AUROC", "rhythm AUPRC", "PAC AUPRC", "PVC AUPRC", "SA AUPRC",
+                             "AF AUPRC", "rhythm AUPRC <=10 s", "rhythm AUPRC >20 s")) + " |")
+        print("\n".join(lines[-5:]), flush=True)
+        if isinstance(model, ECGMamba):
+            with open(os.path.join(args.work, "test_events.json")) as f:
+                events = json.load(f)
+            for name, (hits, total) in evidence_hits(model, test_records, events, preprocess, table).items():
+                notes.append(f"{spec}: strongest {name} evidence within 0.3 s of a marked ectopic beat in {hits} of "
+                             f"{total} {name} records ({100 * hits / max(total, 1):.0f} %), 12 leads")
+            print(notes[-2] + "\n" + notes[-1], flush=True)
+    text = "\n".join(lines + [""] + notes)
+    print("\n" + text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -442,6 +442,11 @@ class _ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, dt, A, Bt, Ct, chunk):
+        with torch.autocast(u.device.type, enabled=False):  # the scan stays float32 under bf16/fp16 autocast
+            return _ChunkedScan._forward(ctx, u, dt, A, Bt, Ct, chunk)
+
+    @staticmethod
+    def _forward(ctx, u, dt, A, Bt, Ct, chunk):
         batch, groups, heads, length = u.shape
         dstate = A.shape[-1]
         y = u.new_empty(u.shape)
@@ -463,6 +468,11 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dlast):
+        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
+            return _ChunkedScan._backward(ctx, dy, dlast)
+
+    @staticmethod
+    def _backward(ctx, dy, dlast):
         u, dt, A, Bt, Ct, boundaries = ctx.saved_tensors
         chunk = ctx.chunk
         length = u.shape[-1]

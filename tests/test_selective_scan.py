@@ -418,3 +418,18 @@ def test_cuda_chunked_scan_matches_the_cpu_kernel():
         results[device] = [out, last] + [leaves[name].grad for name in inputs]
     for name, cpu, cuda in zip(["out", "last_state"] + list(inputs), results["cpu"], results["cuda"]):
         assert relative_error(cuda.cpu(), cpu) < 1e-4, name
+
+
+def test_chunked_scan_stays_float32_under_autocast():
+    # autocast would run the chunk contractions (einsum) in bfloat16; the scan must not follow it
+    inputs = {name: t.float() for name, t in make_inputs(2, 8, 4, 40, seed=10).items()}
+    weights = torch.randn(2, 8, 40)
+    results = []
+    for enabled in (False, True):
+        leaves = {name: t.clone().requires_grad_() for name, t in inputs.items()}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            out = scan.selective_scan_chunked(**leaves, delta_softplus=True, chunk=16)
+        (out * weights).sum().backward()
+        results.append([out] + [leaves[name].grad for name in inputs])
+    for name, plain, autocast in zip(["out"] + list(inputs), *results):
+        assert plain.dtype == autocast.dtype == torch.float32 and relative_error(autocast, plain) < 1e-6, name

@@ -306,6 +306,12 @@ def distributed_context(device="auto", timeout_minutes=60.0):
     return dist.get_rank(), world, local_rank
 
 
+def rank_device(device, ctx):
+    """The device this process trains on: under DDP on CUDA, its own GPU (cuda:LOCAL_RANK)."""
+    _, world, local_rank = ctx
+    return torch.device(f"cuda:{local_rank}" if device.startswith("cuda") and world > 1 else device)
+
+
 def barrier(world):
     if world > 1:
         dist.barrier()
@@ -417,9 +423,8 @@ def validation_scores(labels, probabilities):
 def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache, train_idx, val_idx, config,
                 preprocess, table, work, model_directory, ctx, timer):
     """Train `model` for up to `epochs`; returns the best model (by validation Challenge metric), on the device."""
-    rank, world, local_rank = ctx
-    device = torch.device(config.device if not config.device.startswith("cuda") or world == 1
-                          else f"cuda:{local_rank}")
+    rank, world, _ = ctx
+    device = rank_device(config.device, ctx)
     checkpoints = os.path.join(work, "checkpoints")
     ckpt_path = os.path.join(checkpoints, f"{name}.safetensors")
     meta_path = os.path.join(checkpoints, f"{name}.json")
@@ -559,10 +564,9 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
 def write_log(checkpoints, log_path):
     """Per-epoch CSV of every phase so far (from the checkpoints' JSON), and a PNG learning curve beside it."""
     rows = []
-    directory = checkpoints
-    for file in sorted(os.listdir(directory)):
+    for file in sorted(os.listdir(checkpoints)):
         if file.endswith(".json"):
-            rows += checkpoint.load_json(os.path.join(directory, file))["state"]["history"]
+            rows += checkpoint.load_json(os.path.join(checkpoints, file))["state"]["history"]
     if not rows:
         return
     rows.sort(key=lambda r: (r["phase"] != "shared", r["phase"], r["epoch"]))
@@ -615,9 +619,8 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
     os.makedirs(model_directory, exist_ok=True)
     config = (config or load_train_config(model_directory)).resolved()
     ctx = distributed_context(config.device, config.dist_timeout_minutes)
-    rank, world, local_rank = ctx
-    device = torch.device(config.device if not config.device.startswith("cuda") or world == 1
-                          else f"cuda:{local_rank}")
+    rank, world, _ = ctx
+    device = rank_device(config.device, ctx)
     timer = StageTimer(device)
     if config.preset not in PRESET_SAMPLING_RATES:
         raise ValueError(f"unknown preset {config.preset!r}; choose one of {sorted(PRESET_SAMPLING_RATES)}")

@@ -2,16 +2,21 @@
 """The hard benchmark: this model against a plain 1D-ResNet on synthetic data that can tell models apart.
 
     python bench/bench_quality.py [--train-records 2000] [--test-records 500] [--epochs 30]
-                                  [--models small resnet small:pooling=mean ...] [--work DIR] [--out FILE]
+                                  [--models small resnet small:pooling=mean small:crop=window ...]
+                                  [--readings whole windows ...] [--work DIR] [--out FILE]
 
 Training data: --train-records hard-mode records (ecgmamba.synthetic, hard=True) of 10 s at 257/500/1000 Hz.
 Test data: --test-records hard-mode records of 6-60 s at the same rates, ectopic beats anywhere in the record.
-Every model is trained by the same loop for the same epochs (the package's windows, lead-set masking, weighted BCE,
-AdamW with warm-up and cosine decay), then run on the test records of every lead set with the package's inference
-(half-overlapping windows, probabilities averaged). Printed per model and lead set: macro AUROC and AUPRC over the
-classes present, over the rhythm classes PAC, PVC, SA and AF, and the rhythm-class AUPRC of records of 10 s or
-less and of records longer than 20 s. A model is `resnet` or a preset with ModelConfig overrides after a colon,
-e.g. `small:pooling=mean,depth=6`.
+Every model is trained by the same loop for the same epochs (the package's crops and sample-budget batches,
+lead-set masking, weighted BCE, AdamW with warm-up and cosine decay), then run on the test records of every lead
+set with the package's inference, each lead set as its own model (the shared network sliced, BatchNorm statistics
+re-estimated for it; `mixed BN` keeps the shared statistics). Readings: `whole` (the record in one pass),
+`windows` (half-overlapping 8.2 s windows, averaged), `mixed BN` (whole, without re-estimated statistics), and
+`chunks10:AGG` (10 s chunks aggregated by AGG, on 12 and 2 leads only: what a record longer than the cap gets).
+Printed per model, reading and lead set: macro AUROC and AUPRC over the classes present, over the rhythm classes
+PAC, PVC, SA and AF, and the rhythm-class AUPRC of records of 10 s or less and of records longer than 20 s.
+A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, and the training settings `crop`
+(`variable` or `window`) and `max_crop_seconds`, e.g. `small:pooling=mean,position=none,crop=window`.
 """
 
 import argparse
@@ -32,6 +37,7 @@ sys.path.insert(0, ROOT)
 
 from ecgmamba.cache import build_cache  # noqa: E402
 from ecgmamba.inference import predict_many  # noqa: E402
+import dataclasses  # noqa: E402
 from ecgmamba.metrics import compute_auc  # noqa: E402
 from ecgmamba.model import ECGMamba, PRESET_SAMPLING_RATES, count_parameters, preset_config  # noqa: E402
 from ecgmamba.preprocess import PreprocessConfig, preprocess_recording  # noqa: E402
@@ -39,7 +45,8 @@ from ecgmamba.records import LEAD_SETS, TWELVE_LEADS, read_header, read_signal, 
 from ecgmamba.scoring import encode_labels, load_scoring  # noqa: E402
 from ecgmamba.synthetic import (AF, MIXED_RATE_WEIGHTS, MIXED_RATES, PAC, PVC, SA, generate_dataset,  # noqa: E402
                                 generate_record, write_record)
-from ecgmamba.train import WindowDataset, learning_rate, positive_weights  # noqa: E402
+from ecgmamba.train import (TrainConfig, WindowDataset, crop_plan, learning_rate, positive_weights,  # noqa: E402
+                            recalibrate_batchnorm, specialise)
 
 RHYTHM_CLASSES = {"PAC": PAC, "PVC": PVC, "SA": SA, "AF": AF}
 
@@ -83,15 +90,20 @@ class ResNet1D(nn.Module):
         return self.head(0.5 * (h.mean(-1) + h.amax(-1)))
 
 
+TRAINING_KEYS = ("crop", "max_crop_seconds")
+
+
 def build_model(spec, num_classes):
-    if spec == "resnet":
-        return ResNet1D(num_classes=num_classes), "small"
+    """(network, preset, training overrides) for a model spec."""
     preset, _, overrides = spec.partition(":")
     values = {}
     for item in filter(None, overrides.split(",")):
         key, _, value = item.partition("=")
         values[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
-    return ECGMamba(preset_config(preset, num_classes=num_classes, **values)), preset
+    training = {k: values.pop(k) for k in TRAINING_KEYS if k in values}
+    if preset == "resnet":
+        return ResNet1D(num_classes=num_classes), "small", training
+    return ECGMamba(preset_config(preset, num_classes=num_classes, **values)), preset, training
 
 
 def write_test_set(directory, n, seed):
@@ -109,17 +121,18 @@ def write_test_set(directory, n, seed):
     return events
 
 
-def train(model, cache, preprocess, epochs, batch_size, lr, seed):
-    dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS, seed)
+def train(model, cache, preprocess, epochs, config, lr):
+    dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS,
+                            config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     pos_weight = positive_weights(cache.labels)
-    total = max(1, epochs * math.ceil(len(dataset) / batch_size))
+    plan = crop_plan(config, preprocess, cache.lengths, (0, 1, 0))
+    total = max(1, sum(len(plan(epoch)) for epoch in range(epochs)))
     step = 0
     for epoch in range(epochs):
         dataset.set_epoch(epoch)
         model.train()
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        loader = DataLoader(dataset, batch_sampler=plan(epoch))
         for x, y, valid in loader:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, lr, 0.05)
@@ -133,18 +146,60 @@ def train(model, cache, preprocess, epochs, batch_size, lr, seed):
     return model.eval()
 
 
-def evaluate(model, test_records, preprocess, table):
-    """{lead count: {metric: value}} on the test records, each lead set as the shared model sees it."""
+READINGS = ("whole", "windows", "mixed BN", "chunks10:mean", "chunks10:max", "chunks10:noisy_or",
+            "chunks10:logit_mean")
+
+
+def reading_config(preprocess, reading):
+    """The inference settings of a reading (see the module docstring)."""
+    if reading == "windows":
+        return dataclasses.replace(preprocess, inference="windows", aggregation="mean")
+    if reading.startswith("chunks10:"):
+        return dataclasses.replace(preprocess, inference="whole", max_whole_seconds=10.0,
+                                   aggregation=reading.split(":")[1])
+    return dataclasses.replace(preprocess, inference="whole")
+
+
+class LeadSetModels:
+    """Each lead set's network as train_model.py saves it: the shared network sliced to the leads, with its
+    BatchNorm statistics re-estimated on training records seen with those leads (or not: mixed=True). The
+    baseline ResNet has no slicing: it is fed zeros for the absent leads, with its mixed statistics."""
+
+    def __init__(self, model, cache, preprocess, config, records=512):
+        self.model, self.cache, self.preprocess, self.config = model, cache, preprocess, config
+        self.recalibration = np.random.default_rng(config.seed).permutation(len(cache))[:records]
+        self.networks = {}
+
+    def __call__(self, leads, mixed=False):
+        if not isinstance(self.model, ECGMamba):
+            return self.model, False
+        key = (leads, mixed)
+        if key not in self.networks:
+            network = specialise(self.model, leads)
+            if not mixed:
+                recalibrate_batchnorm(network, self.cache, self.recalibration, leads, self.preprocess, self.config,
+                                      self.config.seed)
+            self.networks[key] = network.eval()
+        return self.networks[key], True
+
+
+def evaluate(models, test_records, preprocess, table, reading):
+    """{lead count: {metric: value}} on the test records, each lead set by its own model (LeadSetModels)."""
+    assert preprocess.scaling != "record", "lead subsets are sliced from the 12-lead preprocessing"
     labels = encode_labels([r["labels"] for r in test_records], table)
     durations = np.array([r["seconds"] for r in test_records])
     rhythm = [table.class_codes.index(next(c for c in table.class_codes if code in c.split("|")))
               for code in RHYTHM_CLASSES.values()]
+    config = reading_config(preprocess, reading)
+    lead_sets = [s for s in LEAD_SETS if len(s) in (12, 2)] if reading.startswith("chunks") else LEAD_SETS
     results = {}
-    for leads in LEAD_SETS:
+    for leads in lead_sets:
+        network, sliced = models(leads, mixed=reading == "mixed BN")
+        rows = [TWELVE_LEADS.index(lead) for lead in leads]
         mask = np.array([lead in leads for lead in TWELVE_LEADS], dtype=np.float32)[:, None]
-        probabilities = np.concatenate([
-            predict_many(model, [r["signal"] * mask for r in test_records[i:i + 64]], preprocess, torch.device("cpu"))
-            for i in range(0, len(test_records), 64)])
+        signals = [r["signal"][rows] if sliced else r["signal"] * mask for r in test_records]
+        probabilities = np.concatenate([predict_many(network, signals[i:i + 64], config, torch.device("cpu"))
+                                        for i in range(0, len(signals), 64)])
         auroc, auprc, auroc_classes, auprc_classes = compute_auc(labels, probabilities)
         row = {"AUROC": auroc, "AUPRC": auprc,
                "rhythm AUROC": float(np.nanmean(auroc_classes[rhythm])),
@@ -186,6 +241,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=["small", "resnet"])
+    parser.add_argument("--readings", nargs="+", default=list(READINGS), choices=READINGS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="/tmp/ecgmamba_bench_quality")
     parser.add_argument("--out", help="also write the Markdown table here")
@@ -200,17 +256,18 @@ def main():
             json.dump(events, f)
 
     lines = [f"Hard benchmark: {args.train_records} training records (10 s), {args.test_records} test records "
-             f"(6-60 s), {args.epochs} epochs, batch {args.batch_size}, torch {torch.__version__}, "
+             f"(6-60 s), {args.epochs} epochs, batch budget {args.batch_size} windows, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads.", "",
-             "| model | params | train s | leads | AUROC | AUPRC | rhythm AUROC | rhythm AUPRC | PAC | PVC | SA | AF "
-             "| rhythm AUPRC <=10 s | rhythm AUPRC >20 s |", "|---|---:|---:|---:|" + "---:|" * 10]
+             "| model | params | train s | reading | leads | AUROC | AUPRC | rhythm AUROC | rhythm AUPRC | PAC | PVC | SA "
+             "| AF | rhythm AUPRC <=10 s | rhythm AUPRC >20 s |", "|---|---:|---:|---|---:|" + "---:|" * 10]
     notes = []
     for spec in args.models:
         torch.manual_seed(args.seed)
-        model, preset = build_model(spec, table.num_classes)
+        model, preset, training = build_model(spec, table.num_classes)
         fs = PRESET_SAMPLING_RATES[preset]
         window = model.config.num_samples if hasattr(model.config, "num_samples") else preset_config(preset).num_samples
         preprocess = PreprocessConfig(target_fs=fs, window_samples=window)
+        config = TrainConfig(batch_size=args.batch_size, seed=args.seed, **training)
         cache = build_cache(train_dir, os.path.join(args.work, f"cache_{fs}_{window}"), preprocess, table,
                             max_seconds=60.0, progress=False, log=lambda message: None)
         test_records = []
@@ -220,20 +277,24 @@ def main():
                                   TWELVE_LEADS)
             test_records.append({"id": name[:-4], "labels": header.labels, "seconds": header.num_samples / header.fs,
                                  "signal": preprocess_recording(signal, header.fs, preprocess)})
-        lr = 1e-3 if spec == "resnet" else 3e-3
+        lr = 1e-3 if isinstance(model, ResNet1D) else 3e-3
         started = time.perf_counter()
-        train(model, cache, preprocess, args.epochs, args.batch_size, lr, args.seed)
+        train(model, cache, preprocess, args.epochs, config, lr)
         seconds = time.perf_counter() - started
-        for leads, row in evaluate(model, test_records, preprocess, table).items():
-            lines.append(f"| {spec} | {count_parameters(model) / 1e6:.2f} M | {seconds:.0f} | {leads} | "
-                         + " | ".join(f"{row[k]:.3f}" for k in (
-                             "AUROC", "AUPRC", "rhythm AUROC", "rhythm AUPRC", "PAC AUPRC", "PVC AUPRC", "SA AUPRC",
-                             "AF AUPRC", "rhythm AUPRC <=10 s", "rhythm AUPRC >20 s")) + " |")
-        print("\n".join(lines[-5:]), flush=True)
+        models = LeadSetModels(model, cache, preprocess, config)
+        readings = args.readings if isinstance(model, ECGMamba) else [r for r in args.readings if r != "mixed BN"]
+        for reading in readings:
+            for leads, row in evaluate(models, test_records, preprocess, table, reading).items():
+                lines.append(f"| {spec} | {count_parameters(model) / 1e6:.2f} M | {seconds:.0f} | {reading} | {leads} | "
+                             + " | ".join(f"{row[k]:.3f}" for k in (
+                                 "AUROC", "AUPRC", "rhythm AUROC", "rhythm AUPRC", "PAC AUPRC", "PVC AUPRC",
+                                 "SA AUPRC", "AF AUPRC", "rhythm AUPRC <=10 s", "rhythm AUPRC >20 s")) + " |")
+                print(lines[-1], flush=True)
         if isinstance(model, ECGMamba):
             with open(os.path.join(args.work, "test_events.json")) as f:
                 events = json.load(f)
-            for name, (hits, total) in evidence_hits(model, test_records, events, preprocess, table).items():
+            network, _ = models(TWELVE_LEADS)
+            for name, (hits, total) in evidence_hits(network, test_records, events, preprocess, table).items():
                 notes.append(f"{spec}: strongest {name} evidence within 0.3 s of a marked ectopic beat in {hits} of "
                              f"{total} {name} records ({100 * hits / max(total, 1):.0f} %), 12 leads")
             print(notes[-2] + "\n" + notes[-1], flush=True)

@@ -4,7 +4,9 @@ Layout of the cache folder (WORK/cache, WORK being the training's work_directory
 training removes it after a successful run unless keep_work is set):
 
     meta.json      fingerprint, record ids, offsets/lengths, skipped files and why
-    signals.npy    float16 (total_samples, 12): every record's preprocessed 12 leads back to back (absent leads 0)
+    signals.npy    float16 (total_samples, 12): every record's preprocessed 12 leads back to back (absent leads 0);
+                   with "record" scaling, in mV before scaling (see SignalCache.model_input)
+    scales.npy     float32 (num_records, 12): each lead's robust standard deviation in mV
     labels.npy     bool (num_records, num_classes): scored classes, equivalent codes merged
 
 The fingerprint covers the file names, sizes and modification times, the preprocessing parameters, the scoring
@@ -23,12 +25,15 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from ecgmamba.checkpoint import save_json
-from ecgmamba.preprocess import PreprocessConfig, preprocess_recording, resampled_length
+from ecgmamba.preprocess import PreprocessConfig, filter_recording, resampled_length, scale_leads
 from ecgmamba.records import (TWELVE_LEADS, RecordError, find_records, read_header, read_signal,
                               require_standard_leads, select_leads)
 from ecgmamba.scoring import encode_labels
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+
+# Unscaled ("record" scaling) samples are stored in mV as float16, whose largest finite value is 65504.
+FLOAT16_LIMIT = 6.0e4
 
 # Shorter recordings are left out of training: under a second holds no full heartbeat, and a window that is
 # almost all padding would teach the record's labels from nothing. (Inference still answers for them.)
@@ -54,7 +59,7 @@ def code_digest(modules=None):
 
 def fingerprint(header_files, preprocess, max_seconds, table):
     digest = hashlib.sha256()
-    digest.update(json.dumps([CACHE_VERSION, code_digest(), preprocess.to_dict(), max_seconds,
+    digest.update(json.dumps([CACHE_VERSION, code_digest(), preprocess.signal_dict(), max_seconds,
                               table.class_codes]).encode())
     for path in header_files:
         for file in (path, os.path.splitext(path)[0] + ".mat"):
@@ -75,6 +80,8 @@ class SignalCache:
         self.directory = directory
         self.signals = np.load(os.path.join(directory, "signals.npy"), mmap_mode="r")
         self.labels = np.load(os.path.join(directory, "labels.npy"))
+        self.scales = np.load(os.path.join(directory, "scales.npy"))
+        self.preprocess = PreprocessConfig.from_dict(self.meta["preprocess"])
         self.offsets = np.asarray(self.meta["offsets"], dtype=np.int64)
         self.lengths = np.asarray(self.meta["lengths"], dtype=np.int64)
         self.record_ids = self.meta["record_ids"]
@@ -86,10 +93,24 @@ class SignalCache:
         start = self.offsets[index]
         return self.signals[start:start + self.lengths[index]]
 
+    def model_input(self, index, leads, present=None, start=0, length=None):
+        """Record `index`'s samples [start, start + length) of `leads` as float32 (len(leads), n), as
+        preprocess_recording gives them for a record that has only the `present` leads (bool per lead; None:
+        all): the others zeroed and, with "record" scaling, the record's scale taken from the present leads."""
+        rows = [TWELVE_LEADS.index(lead) for lead in leads]
+        stop = self.lengths[index] if length is None else min(start + length, self.lengths[index])
+        x = np.asarray(self.signal(index)[start:stop, rows], dtype=np.float32).T
+        if present is not None:
+            x = x * np.asarray(present, dtype=np.float32)[:, None]
+        if self.preprocess.scaling == "record":
+            x = scale_leads(x, self.scales[index, rows], self.preprocess, present)
+        return np.ascontiguousarray(x)
+
 
 def _process_chunk(items, signals_path, preprocess, max_samples):
-    """Worker: preprocess records and write them into the shared memory map. Returns (count, {index: error})."""
+    """Worker: preprocess records and write them into the shared memory maps. Returns (count, {index: error})."""
     signals = np.load(signals_path, mmap_mode="r+")
+    scales = np.load(os.path.join(os.path.dirname(signals_path), "scales_plan.npy"), mmap_mode="r+")
     errors = {}
     for index, path, offset, length in items:
         try:
@@ -98,11 +119,17 @@ def _process_chunk(items, signals_path, preprocess, max_samples):
             signal = select_leads(signal, header.leads, TWELVE_LEADS)
             # Trim the raw record first so a 30-minute Holter record costs no more than max_samples of work.
             keep_raw = int(np.ceil(max_samples * header.fs / preprocess.target_fs)) + 1
-            processed = preprocess_recording(signal[:, :keep_raw], header.fs, preprocess)[:, :length]
+            filtered, lead_scales = filter_recording(signal[:, :keep_raw], header.fs, preprocess)
+            if preprocess.scaling == "record":  # scaled when read, by the leads a training sample keeps
+                processed = np.clip(filtered[:, :length], -FLOAT16_LIMIT, FLOAT16_LIMIT)
+            else:
+                processed = scale_leads(filtered[:, :length], lead_scales, preprocess)
             signals[offset:offset + processed.shape[1]] = processed.T.astype(np.float16)
+            scales[index] = lead_scales
         except Exception as error:  # noqa: BLE001 - reported per record, the build goes on
             errors[index] = str(error) if isinstance(error, RecordError) else f"{path}: {error}"
     signals.flush()
+    scales.flush()
     return len(items), errors
 
 
@@ -140,6 +167,8 @@ def _plan(header_files, problems, cache_directory, preprocess, max_seconds, key,
     signals = np.lib.format.open_memmap(os.path.join(cache_directory, "signals.npy"), mode="w+", dtype=np.float16,
                                         shape=(max(int(sum(lengths)), 1), len(TWELVE_LEADS)))
     del signals
+    np.lib.format.open_memmap(os.path.join(cache_directory, "scales_plan.npy"), mode="w+", dtype=np.float32,
+                              shape=(max(len(headers), 1), len(TWELVE_LEADS)))
     save_json(os.path.join(cache_directory, "plan.json"), {
         "fingerprint": key, "max_samples": max_samples, "skipped": skipped,
         "items": [[i, path, int(offsets[i]), int(lengths[i])] for i, (path, _) in enumerate(headers)],
@@ -186,6 +215,9 @@ def _finish(cache_directory, preprocess, table, world, log):
     good = [i for i in range(len(items)) if i not in errors]
     labels = encode_labels([plan["labels"][i] for i in good], table)
     np.save(os.path.join(cache_directory, "labels.npy"), labels)
+    scales = np.load(os.path.join(cache_directory, "scales_plan.npy"))
+    np.save(os.path.join(cache_directory, "scales.npy"), scales[good] if good else np.zeros((0, len(TWELVE_LEADS))))
+    os.remove(os.path.join(cache_directory, "scales_plan.npy"))
     save_json(os.path.join(cache_directory, "meta.json"), {
         "fingerprint": plan["fingerprint"],
         "version": CACHE_VERSION,

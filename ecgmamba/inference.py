@@ -1,10 +1,11 @@
 """Inference: a model folder and a recording in, the Challenge's (classes, labels, probabilities) out.
 
-A record is preprocessed exactly as in training, cut into overlapping windows (PreprocessConfig.window_overlap,
-at most max_windows of them, so a 30-minute record costs a bounded time and memory) and the model's
-probabilities are averaged over the windows: the mean keeps a diagnosis that holds for the whole record (rhythm,
-axis, bundle branch block) stable against a noisy window, at the price of diluting one ectopic beat in a long
-record. A record shorter than one window is zero-padded.
+A record is preprocessed exactly as in training and read whole, in one pass, up to PreprocessConfig's
+max_whole_seconds: a rhythm finding (one early beat, sinus arrhythmia over several breaths) belongs to the whole
+record, and the selective scan costs time linear in length. A longer record (a 30-minute Holter) is read in equal
+chunks of at most that length and their probabilities aggregated, so memory stays bounded. `inference: "windows"`
+keeps the earlier reading (overlapping fixed windows, averaged). A record shorter than one window is zero-padded and
+the padding left out of the pooling.
 """
 
 import dataclasses
@@ -15,7 +16,7 @@ import torch
 
 from ecgmamba import checkpoint
 from ecgmamba.model import ECGMamba, ModelConfig, report_backends
-from ecgmamba.preprocess import PreprocessConfig, preprocess_recording, sliding_windows, window_starts
+from ecgmamba.preprocess import PreprocessConfig, aggregate, preprocess_recording, record_segments
 from ecgmamba.records import (TWELVE_LEADS, RecordError, parse_header, select_leads, standard_leads,
                               to_millivolts)
 
@@ -129,58 +130,70 @@ def inference_precision(meta, device):
 
 @torch.no_grad()
 def predict_many(network, signals, preprocess, device, batch_size=64, precision="fp32"):
-    """Probabilities for several preprocessed records (each (leads, n)), windows of all records batched together."""
-    windows, owners, valid = [], [], []
+    """Probabilities for several preprocessed records (each (leads, n)), each read as record_segments says and its
+    segments' outputs aggregated (PreprocessConfig.aggregation). Segments of one length, from any records, share
+    forward passes of at most batch_size * window_samples samples, so memory is bounded whatever the lengths; a
+    segment shorter than window_samples is zero-padded to it and the padding masked out of the pooling. Only
+    segments of equal length are batched together: padding a record to another's length would put zeros in
+    front of the backward scan."""
+    num_classes = network.config.num_classes
+    if not len(signals):
+        return np.zeros((0, num_classes))
+    segments = []                                                       # (record, start, real samples)
     for i, signal in enumerate(signals):
-        w = sliding_windows(signal, preprocess.window_samples, preprocess.window_overlap, preprocess.max_windows)
-        windows.append(w)
-        owners += [i] * len(w)
-        valid += [min(signal.shape[1], preprocess.window_samples)] * len(w)  # only a short record is padded
-    if not windows:
-        return np.zeros((0, network.config.num_classes))
-    windows = np.concatenate(windows)
-    owners, valid = np.asarray(owners), torch.as_tensor(valid)
-    masked = isinstance(network, ECGMamba)  # other networks (the benchmark's baseline) take the window alone
-    sums = np.zeros((len(signals), network.config.num_classes))
+        starts, length = record_segments(signal.shape[1], preprocess)
+        segments += [(i, int(start), length) for start in starts]
+    groups = {}
+    for k, (_, _, length) in enumerate(segments):
+        groups.setdefault(max(length, preprocess.window_samples), []).append(k)
+    masked = isinstance(network, ECGMamba)  # other networks (the benchmark's baseline) take the input alone
+    budget = batch_size * preprocess.window_samples
+    logits = np.zeros((len(segments), num_classes))
     network.eval()
-    for start in range(0, len(windows), batch_size):
-        x = torch.from_numpy(windows[start:start + batch_size]).to(device)
-        with autocast(device, precision):
-            logits = network(x, valid[start:start + batch_size]) if masked else network(x)
-            p = torch.sigmoid(logits.float()).cpu().numpy()
-        np.add.at(sums, owners[start:start + batch_size], p)
-    return sums / np.bincount(owners, minlength=len(signals))[:, None]
+    for padded, members in sorted(groups.items()):
+        per_pass = max(1, budget // padded)
+        for first in range(0, len(members), per_pass):
+            chosen = members[first:first + per_pass]
+            x = np.zeros((len(chosen), signals[segments[chosen[0]][0]].shape[0], padded), dtype=np.float32)
+            for row, k in enumerate(chosen):
+                i, start, length = segments[k]
+                x[row, :, :length] = signals[i][:, start:start + length]
+            x = torch.from_numpy(x).to(device)
+            valid = torch.tensor([segments[k][2] for k in chosen])
+            with autocast(device, precision):
+                out = network(x, valid) if masked else network(x)
+            logits[chosen] = out.float().cpu().numpy()
+    owners = np.array([i for i, _, _ in segments])
+    probabilities = 1.0 / (1.0 + np.exp(-logits))
+    return np.stack([aggregate(probabilities[owners == i], logits[owners == i], preprocess.aggregation)
+                     for i in range(len(signals))])
 
 
 def predict_cached(network, cache, indices, model_leads, preprocess, device, active_leads=None,
                    max_windows=None, precision="fp32", chunk_windows=1024):
     """Probabilities for cached (already preprocessed) records, as inference would give them. With
-    active_leads, the model's other input leads are zeroed (a reduced-lead record seen by a 12-lead model);
-    max_windows overrides the preprocessing's cap on windows per record (1: a quick look, for per-epoch checks).
-    Records are taken in groups of at most chunk_windows windows (at least one record), so host memory stays
-    bounded whatever the record lengths: 1024 paper windows are 400 MB of float32."""
+    active_leads, the model's other input leads are zeroed (a reduced-lead record seen by a 12-lead model) and,
+    with "record" scaling, the record is scaled by those leads alone, as inference would scale it; max_windows
+    overrides the preprocessing's cap on segments per record (1: a quick look, for per-epoch checks).
+    Records are taken in groups of at most chunk_windows windows' worth of samples (at least one record), so host
+    memory stays bounded whatever the record lengths: 1024 paper windows are 400 MB of float32."""
     if max_windows is not None:
         preprocess = dataclasses.replace(preprocess, max_windows=max_windows)
-    rows = [TWELVE_LEADS.index(lead) for lead in model_leads]
-    mask = None
-    if active_leads is not None:
-        mask = np.array([lead in active_leads for lead in model_leads], dtype=np.float32)[:, None]
-    out, group, group_windows = [], [], 0
+    present = None if active_leads is None else np.array([lead in active_leads for lead in model_leads])
+    out, group, group_samples = [], [], 0
 
     def flush():
-        signals = [np.asarray(cache.signal(int(i))[:, rows], dtype=np.float32).T for i in group]
-        if mask is not None:
-            signals = [s * mask for s in signals]
+        signals = [cache.model_input(int(i), model_leads, present) for i in group]
         out.append(predict_many(network, signals, preprocess, device, precision=precision))
 
     for i in indices:
-        windows = len(window_starts(int(cache.lengths[int(i)]), preprocess.window_samples, preprocess.window_overlap,
-                                    preprocess.max_windows))
-        if group and group_windows + windows > chunk_windows:
+        starts, length = record_segments(int(cache.lengths[int(i)]), preprocess)
+        samples = len(starts) * max(length, preprocess.window_samples)
+        if group and group_samples + samples > chunk_windows * preprocess.window_samples:
             flush()
-            group, group_windows = [], 0
+            group, group_samples = [], 0
         group.append(i)
-        group_windows += windows
+        group_samples += samples
     if group:
         flush()
     return np.concatenate(out) if out else np.zeros((0, network.config.num_classes))

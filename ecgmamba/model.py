@@ -28,7 +28,7 @@ from ecgmamba.selective_scan import pick_backend, selective_scan_fn
 class ModelConfig:
     num_leads: int = 12
     num_classes: int = 26
-    num_samples: int = 8192          # window length the position embedding is sized for
+    num_samples: int = 8192          # the training window (shortest input); a learned position embedding's length
     d_model: int = 384
     depth: int = 24
     d_state: int = 16
@@ -45,6 +45,7 @@ class ModelConfig:
     drop_path: float = 0.1
     dropout: float = 0.0             # on the pooled feature, before the head
     mask_padding: bool = True        # pooled tokens: only those centred on real signal, not on zero padding
+    position: str = "learned"        # "learned" (sized for num_samples, stretched to other lengths) or "none"
 
     def to_dict(self):
         d = asdict(self)
@@ -295,8 +296,11 @@ class ECGMamba(nn.Module):
             raise ValueError(f"cls_token must be 'middle', 'end' or 'none', not {c.cls_token!r}")
         if c.pooling not in ("mean", "mean+max"):
             raise ValueError(f"pooling must be 'mean' or 'mean+max', not {c.pooling!r}")
+        if c.position not in ("learned", "none"):
+            raise ValueError(f"position must be 'learned' or 'none', not {c.position!r}")
         extra = 0 if self.cls_token is None else 1
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens + extra, c.d_model))
+        self.pos_embed = (nn.Parameter(torch.zeros(1, self.num_tokens + extra, c.d_model))
+                          if c.position == "learned" else None)
         rates = torch.linspace(0, c.drop_path, c.depth).tolist()
         self.layers = nn.ModuleList(Block(c, rate) for rate in rates)
         self.norm_f = nn.RMSNorm(c.d_model, eps=1e-5)
@@ -305,7 +309,8 @@ class ECGMamba(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         for module in self.modules():
@@ -327,7 +332,11 @@ class ECGMamba(nn.Module):
         return num_tokens // 2 if self.config.cls_token == "middle" else num_tokens
 
     def pos_embed_for(self, length):
-        """Position embedding for `length` tokens; resized linearly when a window length differs from training."""
+        """Position embedding for `length` tokens, stretched linearly from the window it was sized for to any other
+        length (a whole record); zero with position "none", where the stem's strided convolutions and the two scan
+        directions are all that carries order."""
+        if self.pos_embed is None:
+            return 0.0
         if length == self.pos_embed.shape[1]:
             return self.pos_embed
         return F.interpolate(self.pos_embed.transpose(1, 2), size=length, mode="linear",

@@ -20,6 +20,10 @@ MAX_RATE_DENOMINATOR = 1000
 # Leads are preprocessed together up to this many samples (float64, 16 MiB per copy), one at a time beyond it.
 CHUNK_SAMPLES = 2**21
 
+INFERENCE_MODES = ("whole", "windows")
+AGGREGATIONS = ("mean", "max", "noisy_or", "logit_mean")
+SIGNAL_FIELDS = ("target_fs", "low_cut_hz", "high_cut_hz", "filter_order", "scaling", "clip", "min_scale_mv")
+
 # MAD of a Gaussian times this constant is its standard deviation; it makes the scale read like a standard deviation.
 MAD_TO_STD = 1.4826
 
@@ -51,9 +55,18 @@ class PreprocessConfig:
         of 17 and a 95th percentile of 37 robust standard deviations per lead; 50 clips 2 % of leads, barely.
     min_scale_mv: floor of the robust scale, so a flat lead stays zero and a near-flat one is not blown up into
         pure noise; 10 uV is about the noise level of clinical ECG amplifiers (1 % of real sample leads lie below).
-    window_samples: model input length; 4096 samples is 8.2 s at 500 Hz, inside the 10 s most records last.
-    window_overlap: fraction of overlap between consecutive inference windows.
-    max_windows: inference windows per record at most, so a 30-minute Holter record costs a bounded time.
+    window_samples: the shortest input the model is given: a shorter record is zero-padded to it (the padding masked
+        out of the pooling), and `inference: "windows"` reads windows of exactly this length.
+    inference: how a record is read. "whole": in one pass, up to max_whole_seconds; a longer record in equal
+        chunks of at most that length (at most max_windows of them, evenly spread), aggregated. A rhythm finding
+        (one early beat, sinus arrhythmia over several breaths) is defined over the whole record, and the
+        selective scan's cost is linear in length, so nothing is gained by cutting it. "windows": windows of
+        window_samples overlapping by window_overlap (at most max_windows), aggregated; the earlier behaviour.
+    max_whole_seconds: the longest stretch read in one pass; bounds memory (the activations grow with length).
+    window_overlap: fraction of overlap between consecutive inference windows ("windows" only).
+    max_windows: windows or chunks per record at most, so a 30-minute Holter record costs a bounded time.
+    aggregation: how the windows' or chunks' outputs become one probability: "mean" of the probabilities,
+        "max", "noisy_or" (1 - prod(1 - p)) or "logit_mean" (the sigmoid of the mean logit).
     """
 
     target_fs: int = 500
@@ -64,8 +77,11 @@ class PreprocessConfig:
     clip: float = 50.0
     min_scale_mv: float = 0.01
     window_samples: int = 4096
+    inference: str = "whole"
+    max_whole_seconds: float = 60.0
     window_overlap: float = 0.5
     max_windows: int = 32
+    aggregation: str = "mean"
 
     def __post_init__(self):
         if not (isinstance(self.target_fs, (int, np.integer)) and self.target_fs > 0):
@@ -91,6 +107,21 @@ class PreprocessConfig:
             raise ValueError(f"PreprocessConfig: window_overlap must be in [0, 1), got {self.window_overlap!r}")
         if not (isinstance(self.max_windows, (int, np.integer)) and self.max_windows >= 1):
             raise ValueError(f"PreprocessConfig: max_windows must be a positive integer, got {self.max_windows!r}")
+        if self.inference not in INFERENCE_MODES:
+            raise ValueError(f"PreprocessConfig: inference must be one of {INFERENCE_MODES}, got {self.inference!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"PreprocessConfig: aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if not self.max_whole_seconds * self.target_fs >= self.window_samples:
+            raise ValueError(f"PreprocessConfig: max_whole_seconds ({self.max_whole_seconds}) must hold at least one "
+                             f"window of {self.window_samples} samples at {self.target_fs} Hz")
+
+    @property
+    def max_whole_samples(self):
+        return int(self.max_whole_seconds * self.target_fs)
+
+    def signal_dict(self):
+        """The fields that shape the preprocessed signal (not how inference reads it): the cache's fingerprint."""
+        return {k: v for k, v in self.to_dict().items() if k in SIGNAL_FIELDS}
 
     def to_dict(self):
         """Plain JSON-serialisable dict, stored inside the model's config file."""
@@ -179,6 +210,7 @@ def robust_std(centred):
 def preprocess_recording(signal_mv, fs, config=PreprocessConfig()):
     """Recording (num_leads, num_samples) in mV at fs Hz -> float32 (num_leads, m) at config.target_fs, band-passed,
     median-centred, scaled (config.scaling) and clipped to +-config.clip. The input array is not modified.
+    filter_recording then scale_leads: the training cache keeps the two apart for "record" scaling.
 
     Steps: non-finite samples interpolated (fill_non_finite), outliers clipped (clip_outliers), polyphase
     resampling, zero-phase band-pass, median centring, scaling. Leads go through in chunks of at most
@@ -186,6 +218,13 @@ def preprocess_recording(signal_mv, fs, config=PreprocessConfig()):
     its 43 MB output) while a 10 s record is done in one vectorised pass.
     m = ceil(num_samples * up / down) (see resampled_length); 0 samples in gives 0 samples out.
     """
+    filtered, lead_scales = filter_recording(signal_mv, fs, config)
+    return scale_leads(filtered, lead_scales, config, out=filtered)
+
+
+def filter_recording(signal_mv, fs, config=PreprocessConfig()):
+    """Every step of preprocess_recording before scaling: (float32 (num_leads, m) in mV, each lead's robust
+    standard deviation (num_leads,))."""
     signal_mv = np.asarray(signal_mv)
     if signal_mv.ndim != 2:
         raise ValueError(f"preprocess_recording: expected (num_leads, num_samples), got shape {signal_mv.shape}")
@@ -195,8 +234,9 @@ def preprocess_recording(signal_mv, fs, config=PreprocessConfig()):
     up, down = resample_factors(fs, config.target_fs)
     out_samples = resampled_length(num_samples, fs, config.target_fs)
     out = np.zeros((num_leads, out_samples), dtype=np.float32)
+    lead_scales = np.zeros(num_leads)
     if out_samples == 0 or num_leads == 0:
-        return out
+        return out, lead_scales
 
     sos = bandpass_sos(config)
     # sosfiltfilt extends the signal by padlen samples at each end and needs more samples than that; shorter
@@ -204,7 +244,6 @@ def preprocess_recording(signal_mv, fs, config=PreprocessConfig()):
     default_padlen = 3 * (2 * len(sos) + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum()))
     padlen = min(default_padlen, out_samples - 1)
 
-    lead_scales = np.zeros(num_leads)
     leads_per_chunk = max(1, CHUNK_SAMPLES // max(num_samples, out_samples))
     for start in range(0, num_leads, leads_per_chunk):
         stop = min(start + leads_per_chunk, num_leads)
@@ -218,17 +257,30 @@ def preprocess_recording(signal_mv, fs, config=PreprocessConfig()):
         chunk -= np.median(chunk, axis=1, keepdims=True)
         lead_scales[start:stop] = robust_std(chunk)
         out[start:stop] = chunk
+    return out, lead_scales
 
+
+def lead_divisors(lead_scales, config, present=None):
+    """What each lead is divided by under config.scaling, from the leads' robust standard deviations (num_leads,).
+    "record" takes the median over the present leads that are not flat: present (bool (num_leads,)) names the
+    leads a reduced-lead record has, so that training, which caches all 12 leads, scales a 2-lead sample by its 2
+    leads exactly as inference scales a 2-lead record."""
+    lead_scales = np.asarray(lead_scales, dtype=np.float64)
     if config.scaling == "lead":
-        scales = np.maximum(lead_scales, config.min_scale_mv)
-    elif config.scaling == "record":
-        alive = lead_scales[lead_scales > config.min_scale_mv]
-        scales = np.full(num_leads, np.median(alive) if len(alive) else config.min_scale_mv)
-    else:  # "none": stay in mV
-        scales = np.ones(num_leads)
-    out /= scales.astype(np.float32)[:, None]
-    np.clip(out, -config.clip, config.clip, out=out)
-    return out
+        return np.maximum(lead_scales, config.min_scale_mv)
+    if config.scaling == "record":
+        alive = lead_scales > config.min_scale_mv
+        if present is not None:
+            alive &= np.asarray(present, dtype=bool)
+        return np.full(len(lead_scales), np.median(lead_scales[alive]) if alive.any() else config.min_scale_mv)
+    return np.ones(len(lead_scales))  # "none": stay in mV
+
+
+def scale_leads(filtered, lead_scales, config, present=None, out=None):
+    """filter_recording's output (num_leads, m) scaled by lead_divisors and clipped to +-config.clip (float32)."""
+    divisors = lead_divisors(lead_scales, config, present).astype(np.float32)[:, None]
+    out = np.divide(np.asarray(filtered, dtype=np.float32), divisors, out=out)
+    return np.clip(out, -config.clip, config.clip, out=out)
 
 
 def fixed_length(x, length, rng=None):
@@ -285,3 +337,37 @@ def sliding_windows(x, length, overlap=0.5, max_windows=32):
     # A strided view over all possible windows, then a gather of the chosen ones: one copy of num_windows windows.
     all_windows = np.lib.stride_tricks.sliding_window_view(x, length, axis=1)  # (leads, n - length + 1, length)
     return np.ascontiguousarray(all_windows[:, starts].transpose(1, 0, 2))
+
+
+def record_segments(num_samples, config):
+    """(starts, length): the stretches of a preprocessed record of num_samples that inference reads, all of one
+    length (at most num_samples; a shorter record than config.window_samples is padded to it when batched).
+
+    "whole": the record itself up to config.max_whole_samples; beyond it, k = ceil(n / cap) equal chunks, which
+    tile the record without overlap, or config.max_windows chunks of the cap's length evenly spread when more
+    would be needed (a 30-minute record at 250 Hz with a 60 s cap: 30 chunks, all of it read).
+    "windows": window_starts' windows of config.window_samples."""
+    if config.inference == "windows":
+        starts = window_starts(num_samples, config.window_samples, config.window_overlap, config.max_windows)
+        return starts, min(num_samples, config.window_samples)
+    cap = config.max_whole_samples
+    if num_samples <= cap:
+        return np.zeros(1, dtype=np.int64), num_samples
+    chunks = -(-num_samples // cap)
+    if chunks <= config.max_windows:
+        length = -(-num_samples // chunks)
+        return np.round(np.linspace(0, num_samples - length, chunks)).astype(np.int64), length
+    return np.round(np.linspace(0, num_samples - cap, config.max_windows)).astype(np.int64), cap
+
+
+def aggregate(probabilities, logits, method):
+    """One probability per class from a record's segments: probabilities and logits (segments, classes)."""
+    if method == "mean":
+        return probabilities.mean(0)
+    if method == "max":
+        return probabilities.max(0)
+    if method == "noisy_or":
+        return 1.0 - np.prod(1.0 - probabilities, axis=0)
+    if method == "logit_mean":
+        return 1.0 / (1.0 + np.exp(-logits.mean(0)))
+    raise ValueError(f"unknown aggregation {method!r}; choose one of {AGGREGATIONS}")

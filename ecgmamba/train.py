@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from ecgmamba import checkpoint
@@ -67,6 +67,11 @@ class TrainConfig:
     keep_work: bool = False          # keep the cache and checkpoints after a successful run (else removed)
     dist_timeout_minutes: float = 60.0  # DDP collectives fail after this long instead of NCCL's default
     max_cache_seconds: float = 60.0  # seconds of each record kept in the cache (training crops come from these)
+    crop: str = "variable"           # "variable": crops from the window up to max_crop_seconds, whole records where
+                                     # shorter, batched by a sample budget; "window": crops of the window only
+    max_crop_seconds: float = 30.0   # longest training crop ("variable")
+    bn_recalibration_records: int = 512  # shared strategy: per lead set, BatchNorm statistics re-estimated on this
+                                     # many training records seen with those leads (0: keep the mixed statistics)
     seed: int = 0
     progress: bool = True
     model: dict = field(default_factory=dict)  # ModelConfig overrides of the preset, e.g. {"depth": 8}
@@ -88,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"strategy must be 'shared' or 'separate', not {c.strategy!r}")
         if c.loss not in ("weighted_bce", "asymmetric"):
             raise ValueError(f"loss must be 'weighted_bce' or 'asymmetric', not {c.loss!r}")
+        if c.crop not in ("variable", "window"):
+            raise ValueError(f"crop must be 'variable' or 'window', not {c.crop!r}")
         return c
 
 
@@ -123,18 +130,21 @@ def load_train_config(model_directory, environ=None):
 
 
 class WindowDataset(Dataset):
-    """Fixed-length training windows from the cache: a random crop per epoch and, optionally, a random lead set.
+    """Training crops from the cache, with, optionally, a random lead set per sample.
 
-    Randomness comes from (seed, epoch, record), not from a global generator, so any worker layout and any resume
-    point give the same batches.
+    An item is a record position (a crop of `window` samples) or a pair (position, length) from crop_batches. A
+    record shorter than the crop is zero-padded and the number of real samples returned with it, so the padding
+    is not pooled. The lead set is applied as inference would see it (SignalCache.model_input): absent leads
+    zeroed and, with "record" scaling, the scale taken from the present leads only. Randomness comes from (seed,
+    epoch, record), not from a global generator, so any worker layout and any resume point give the same batches.
     """
 
     def __init__(self, cache, indices, window, leads, mask_lead_sets=None, seed=0):
         self.cache, self.indices, self.window = cache, np.asarray(indices), window
-        self.lead_rows = [TWELVE_LEADS.index(lead) for lead in leads]
+        self.leads = tuple(leads)
         self.masks = None
         if mask_lead_sets:
-            self.masks = np.array([[lead in s for lead in leads] for s in mask_lead_sets], dtype=np.float32)
+            self.masks = np.array([[lead in s for lead in leads] for s in mask_lead_sets], dtype=bool)
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch):
@@ -143,20 +153,66 @@ class WindowDataset(Dataset):
     def __len__(self):
         return len(self.indices)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        i, length = item if isinstance(item, tuple) else (item, self.window)
         record = int(self.indices[i])
         rng = np.random.default_rng((self.seed, self.epoch, record))
-        signal = self.cache.signal(record)
-        start = int(rng.integers(0, max(1, len(signal) - self.window + 1)))
-        # float16, the cache's own type (exact): half the shared memory and host-to-GPU traffic of float32.
-        x = np.zeros((len(self.lead_rows), self.window), dtype=np.float16)
-        crop = signal[start:start + self.window, self.lead_rows]
-        x[:, :len(crop)] = crop.T
-        if self.masks is not None:
-            x *= self.masks[rng.integers(len(self.masks))][:, None].astype(np.float16)
-        # with the number of real samples: a record shorter than the window is padded, and the padding not pooled
+        available = int(self.cache.lengths[record])
+        start = int(rng.integers(0, max(1, available - length + 1)))
+        present = None if self.masks is None else self.masks[rng.integers(len(self.masks))]
+        crop = self.cache.model_input(record, self.leads, present, start, length)
+        # float16 halves the shared memory and host-to-GPU traffic; exact for the cache's own float16 values
+        # (with "record" scaling, a rounding of about 5e-4 relative after the division)
+        x = np.zeros((len(self.leads), max(length, self.window)), dtype=np.float16)
+        x[:, :crop.shape[1]] = crop
         return (torch.from_numpy(x), torch.from_numpy(self.cache.labels[record].astype(np.float32)),
-                torch.tensor(len(crop)))
+                torch.tensor(crop.shape[1]))
+
+
+def crop_batches(lengths, window, max_crop, budget, seed, epoch, rank=0, world=1, pool_batches=64):
+    """One epoch's batches for this rank: lists of (position, crop length), every position once.
+
+    Each record gets a crop length drawn uniformly from [window, max_crop] samples, or its whole length when it is
+    shorter (so most records of the public data, 10 s, are seen whole). Records are bucketed by crop length within
+    pools of about pool_batches batches, and a batch takes its members' shortest crop, so a batch holds no padding
+    (except records shorter than `window`, padded to it as inference pads them); it holds as many crops as fit in
+    `budget` samples, so a step's memory and time are bounded by the budget whatever the lengths. Every rank
+    computes the same plan and takes every world-th batch, the plan cut to a multiple of world so all ranks step
+    together."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rng = np.random.default_rng((seed, epoch, 1234567))
+    order = rng.permutation(len(lengths))
+    wanted = rng.integers(window, max(window, max_crop) + 1, size=len(lengths))
+    crops = np.maximum(np.minimum(lengths[order], wanted), 1)
+    pool = max(1, pool_batches * max(1, budget // window))
+    batches = []
+    for first in range(0, len(order), pool):
+        members = order[first:first + pool]
+        pool_crops = crops[first:first + pool]
+        current, current_length = [], None
+        for j in np.argsort(-pool_crops, kind="stable"):  # longest first: the batch length only shrinks
+            length = max(int(pool_crops[j]), window)
+            if current and (len(current) + 1) * length > budget:
+                batches.append([(p, current_length) for p in current])
+                current = []
+            current.append(int(members[j]))
+            current_length = length
+        if current:
+            batches.append([(p, current_length) for p in current])
+    batches = [batches[k] for k in rng.permutation(len(batches))]
+    if world > 1:
+        batches = batches[:len(batches) // world * world]
+    return batches[rank::world]
+
+
+def crop_plan(config, preprocess, lengths, ctx):
+    """epoch -> this rank's batches (crop_batches) under the training settings: a budget of batch_size windows'
+    samples per batch; "window" crops are all of the window's length, "variable" ones up to max_crop_seconds."""
+    rank, world, _ = ctx
+    window = preprocess.window_samples
+    budget = config.batch_size * window
+    max_crop = window if config.crop == "window" else min(int(config.max_crop_seconds * preprocess.target_fs), budget)
+    return lambda epoch: crop_batches(lengths, window, max_crop, budget, config.seed, epoch, rank, world)
 
 
 def shared_memory_bytes(path="/dev/shm"):
@@ -411,6 +467,43 @@ def specialise(model, leads):
     return special
 
 
+RECALIBRATION_EPOCH = 10**6  # seeds the recalibration crops apart from every training epoch's
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model, cache, indices, leads, preprocess, config, seed=0, ctx=(0, 1, 0)):
+    """Re-estimate the BatchNorm running statistics of `model` (its inputs are `leads`) from training records seen
+    with those leads only. The shared network's statistics are a mixture over the five lead sets it was trained
+    on, so each sliced model would normalise its stem's activations with statistics of other inputs; this gives
+    every lead set the statistics of what it sees. Weights do not change. Under DDP rank 0's statistics are
+    broadcast, so every rank saves the same model."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    indices = np.asarray(indices)
+    if not norms or len(indices) == 0:
+        return model
+    device = model_device(model)
+    dataset = WindowDataset(cache, indices, preprocess.window_samples, leads, None, seed)
+    dataset.set_epoch(RECALIBRATION_EPOCH)
+    plan = crop_plan(config, preprocess, cache.lengths[indices], (0, 1, 0))(RECALIBRATION_EPOCH)
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches, not an exponential one
+        m.train()
+    for batch in plan:
+        x, _, valid = default_collate([dataset[item] for item in batch])
+        with autocast(device, config.precision):
+            model(x.to(device).float(), valid)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+    if ctx[1] > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+    return model
+
+
 def model_device(model):
     return next(model.parameters()).device
 
@@ -440,11 +533,10 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     # fp16 has too little range for small gradients: the scaler multiplies the loss and skips steps that overflow.
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     dataset = WindowDataset(cache, train_idx, preprocess.window_samples, leads, mask_lead_sets, config.seed)
-    sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
-    steps_per_epoch = math.ceil(math.ceil(len(dataset) / world) / config.batch_size)
-    total_steps = max(1, steps_per_epoch * epochs)
+    plan = crop_plan(config, preprocess, cache.lengths[train_idx], ctx)
+    total_steps = max(1, sum(len(plan(epoch)) for epoch in range(epochs)))
     pos_weight = positive_weights(cache.labels[train_idx]).to(device)
-    batch_bytes = config.batch_size * len(leads) * preprocess.window_samples * 2
+    batch_bytes = config.batch_size * len(leads) * preprocess.window_samples * 2  # the budget, in float16
     workers = dataloader_workers(config.workers, device, batch_bytes, shared_memory_bytes(),
                                  log=(lambda m: print(m, file=sys.stderr)) if rank == 0 else (lambda m: None))
 
@@ -477,12 +569,8 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
         epoch = state["epoch"]
         torch.manual_seed(config.seed * 100003 + epoch)
         dataset.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
-        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                            generator=generator, num_workers=workers, pin_memory=device.type == "cuda",
-                            persistent_workers=False, drop_last=False)
+        loader = DataLoader(dataset, batch_sampler=plan(epoch), num_workers=workers,
+                            pin_memory=device.type == "cuda", persistent_workers=False)
         train_model.train()
         started, total_loss, steps = time.time(), 0.0, 0
         bar = tqdm(loader, desc=f"[{name}] epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
@@ -519,9 +607,9 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
                 for buffer in model.buffers():
                     dist.broadcast(buffer, 0)
             model.eval()
-            # Per epoch, one window per record (the first 8 s of most records): a quarter of the cost of full
-            # inference on mixed-length data; the final thresholds are tuned with full inference windows. Each
-            # rank predicts its share of the records and all ranks score the gathered probabilities.
+            # Per epoch, one segment per record (the whole record up to max_whole_seconds, or its first window
+            # with "windows" inference); the final thresholds are tuned on inference's full reading. Each rank
+            # predicts its share of the records and all ranks score the gathered probabilities.
             labels = cache.labels[val_idx]
             scores = []
             for active in val_lead_sets:
@@ -665,8 +753,11 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
         shared = ECGMamba(model_config)
         shared = train_phase("shared", shared, TWELVE_LEADS, lead_sets, lead_sets, config.epochs, *args)
         models = {}
+        recalibration = np.random.default_rng(config.seed).permutation(train_idx)[:config.bn_recalibration_records]
         for leads in lead_sets:
             model = specialise(shared, leads)  # on the training device, like everything until the files are saved
+            with timer(f"BatchNorm statistics for {len(leads)} leads"):
+                recalibrate_batchnorm(model, cache, recalibration, leads, preprocess, config, config.seed, ctx)
             if config.finetune_epochs > 0:
                 model = train_phase(f"finetune_{len(leads)}", model, leads, None, [leads],
                                     config.finetune_epochs, *args)
@@ -685,7 +776,7 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
     # threshold-dependent metrics out of fold (the in-sample Challenge metric is kept beside them, for contrast).
     labels = cache.labels[tune_idx]
     results = {}
-    with timer("final validation (full inference windows)"):
+    with timer("final validation (inference's reading)"):
         for leads, model in models.items():
             results[leads] = predict_sharded(model, cache, tune_idx, leads, preprocess, model_device(model), None,
                                              config.precision, ctx)

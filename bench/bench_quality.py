@@ -15,8 +15,9 @@ re-estimated for it; `mixed BN` keeps the shared statistics). Readings: `whole` 
 `chunks10:AGG` (10 s chunks aggregated by AGG, on 12 and 2 leads only: what a record longer than the cap gets).
 Printed per model, reading and lead set: macro AUROC and AUPRC over the classes present, over the rhythm classes
 PAC, PVC, SA and AF, and the rhythm-class AUPRC of records of 10 s or less and of records longer than 20 s.
-A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, and the training settings `crop`
-(`variable` or `window`) and `max_crop_seconds`, e.g. `small:pooling=mean,position=none,crop=window`.
+A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, the training settings `crop`
+(`variable` or `window`), `max_crop_seconds` and `batch_size` (in windows), and the preprocessing's `scaling`, e.g.
+`small:pooling=mean,position=none,crop=window,scaling=record`.
 """
 
 import argparse
@@ -90,20 +91,22 @@ class ResNet1D(nn.Module):
         return self.head(0.5 * (h.mean(-1) + h.amax(-1)))
 
 
-TRAINING_KEYS = ("crop", "max_crop_seconds")
+TRAINING_KEYS = ("crop", "max_crop_seconds", "batch_size")
+PREPROCESS_KEYS = ("scaling",)
 
 
 def build_model(spec, num_classes):
-    """(network, preset, training overrides) for a model spec."""
+    """(network, preset, training overrides, preprocessing overrides) for a model spec."""
     preset, _, overrides = spec.partition(":")
     values = {}
     for item in filter(None, overrides.split(",")):
         key, _, value = item.partition("=")
         values[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
     training = {k: values.pop(k) for k in TRAINING_KEYS if k in values}
+    preprocessing = {k: values.pop(k) for k in PREPROCESS_KEYS if k in values}
     if preset == "resnet":
-        return ResNet1D(num_classes=num_classes), "small", training
-    return ECGMamba(preset_config(preset, num_classes=num_classes, **values)), preset, training
+        return ResNet1D(num_classes=num_classes), "small", training, preprocessing
+    return ECGMamba(preset_config(preset, num_classes=num_classes, **values)), preset, training, preprocessing
 
 
 def write_test_set(directory, n, seed):
@@ -185,7 +188,6 @@ class LeadSetModels:
 
 def evaluate(models, test_records, preprocess, table, reading):
     """{lead count: {metric: value}} on the test records, each lead set by its own model (LeadSetModels)."""
-    assert preprocess.scaling != "record", "lead subsets are sliced from the 12-lead preprocessing"
     labels = encode_labels([r["labels"] for r in test_records], table)
     durations = np.array([r["seconds"] for r in test_records])
     rhythm = [table.class_codes.index(next(c for c in table.class_codes if code in c.split("|")))
@@ -197,7 +199,14 @@ def evaluate(models, test_records, preprocess, table, reading):
         network, sliced = models(leads, mixed=reading == "mixed BN")
         rows = [TWELVE_LEADS.index(lead) for lead in leads]
         mask = np.array([lead in leads for lead in TWELVE_LEADS], dtype=np.float32)[:, None]
-        signals = [r["signal"][rows] if sliced else r["signal"] * mask for r in test_records]
+        if preprocess.scaling == "record":  # the scale depends on the leads present: preprocess the reduced record
+            reduced = [preprocess_recording(r["raw"][rows], r["fs"], preprocess) for r in test_records]
+            signals = [x if sliced else np.zeros((12, x.shape[1]), np.float32) for x in reduced]
+            if not sliced:
+                for x, y in zip(signals, reduced):
+                    x[rows] = y
+        else:  # every step is per lead: the reduced record's preprocessing is the 12-lead one's rows
+            signals = [r["signal"][rows] if sliced else r["signal"] * mask for r in test_records]
         probabilities = np.concatenate([predict_many(network, signals[i:i + 64], config, torch.device("cpu"))
                                         for i in range(0, len(signals), 64)])
         auroc, auprc, auroc_classes, auprc_classes = compute_auc(labels, probabilities)
@@ -263,12 +272,13 @@ def main():
     notes = []
     for spec in args.models:
         torch.manual_seed(args.seed)
-        model, preset, training = build_model(spec, table.num_classes)
+        model, preset, training, preprocessing = build_model(spec, table.num_classes)
         fs = PRESET_SAMPLING_RATES[preset]
         window = model.config.num_samples if hasattr(model.config, "num_samples") else preset_config(preset).num_samples
-        preprocess = PreprocessConfig(target_fs=fs, window_samples=window)
-        config = TrainConfig(batch_size=args.batch_size, seed=args.seed, **training)
-        cache = build_cache(train_dir, os.path.join(args.work, f"cache_{fs}_{window}"), preprocess, table,
+        preprocess = PreprocessConfig(target_fs=fs, window_samples=window, **preprocessing)
+        config = TrainConfig(**{"batch_size": args.batch_size, "seed": args.seed, **training})
+        cache = build_cache(train_dir, os.path.join(args.work, f"cache_{fs}_{window}_{preprocess.scaling}"),
+                            preprocess, table,
                             max_seconds=60.0, progress=False, log=lambda message: None)
         test_records = []
         for name in sorted(f for f in os.listdir(test_dir) if f.endswith(".hea")):
@@ -276,7 +286,8 @@ def main():
             signal = select_leads(read_signal(os.path.join(test_dir, name[:-4] + ".mat"), header), header.leads,
                                   TWELVE_LEADS)
             test_records.append({"id": name[:-4], "labels": header.labels, "seconds": header.num_samples / header.fs,
-                                 "signal": preprocess_recording(signal, header.fs, preprocess)})
+                                 "signal": preprocess_recording(signal, header.fs, preprocess),
+                                 "raw": signal if preprocess.scaling == "record" else None, "fs": header.fs})
         lr = 1e-3 if isinstance(model, ResNet1D) else 3e-3
         started = time.perf_counter()
         train(model, cache, preprocess, args.epochs, config, lr)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ecgmamba.model import token_centres
-from ecgmamba.preprocess import preprocess_recording, window_starts
+from ecgmamba.preprocess import preprocess_recording, record_segments
 from ecgmamba.records import RecordError, read_header, read_raw, to_millivolts, select_leads
 
 PAPER_SPEED_MM_S = 25.0
@@ -33,31 +33,34 @@ LAYOUT_12 = (("I", "aVR", "V1", "V4"), ("II", "aVL", "V2", "V5"), ("III", "aVF",
 @torch.no_grad()
 def token_evidence(network, signal, preprocess, device, start=0, stop=None):
     """(times in s, evidence (tokens, classes)) over samples [start, stop) of a preprocessed (leads, n) signal:
-    every window overlapping the span (half-overlapping, no cap), the head applied to each token, tokens of
-    overlapping windows averaged on the token grid."""
+    the head applied to each token of the passes inference makes (the whole record in one pass up to the cap,
+    equal chunks beyond it; or, with "windows" inference, every half-overlapping window, uncapped), tokens of
+    overlapping passes averaged on the token grid, tokens over zero padding left out."""
     n = signal.shape[1]
     stop = n if stop is None else min(stop, n)
     window = preprocess.window_samples
-    lo, hi = max(0, start - window), min(n, stop + window)
+    if preprocess.inference == "windows":  # only the windows near the span
+        lo, hi = max(0, start - window), min(n, stop + window)
+    else:  # the passes inference makes, all of them (a chunk's tokens depend on the whole chunk)
+        lo, hi = 0, n
     piece = signal[:, lo:hi]
-    starts = window_starts(piece.shape[1], window, 0.5, max_windows=10**6)
+    starts, length = record_segments(piece.shape[1], dataclasses.replace(preprocess, max_windows=10**6))
+    padded = max(length, window)
     stride = int(np.prod(network.config.stem_strides))
+    per_pass = max(1, 32 * window // padded)
     sums, counts = {}, {}
-    for first in range(0, len(starts), 32):
-        batch = []
-        for s in starts[first:first + 32]:
-            x = np.zeros((piece.shape[0], window), dtype=np.float32)
-            chunk = piece[:, s:s + window]
-            x[:, :chunk.shape[1]] = chunk
-            batch.append(x)
-        features, position = network.token_features(torch.from_numpy(np.stack(batch)).to(device))
+    for first in range(0, len(starts), per_pass):
+        batch = np.zeros((len(starts[first:first + per_pass]), piece.shape[0], padded), dtype=np.float32)
+        for row, s in enumerate(starts[first:first + per_pass]):
+            batch[row, :, :length] = piece[:, s:s + length]
+        features, position = network.token_features(torch.from_numpy(batch).to(device))
         if position is not None:  # the class token has no place in time
             features = torch.cat([features[:, :position], features[:, position + 1:]], dim=1)
-        logits = network.head(features).float().cpu().numpy()           # (windows, tokens, classes)
+        logits = network.head(features).float().cpu().numpy()           # (passes, tokens, classes)
         centres = token_centres(network.config, logits.shape[1])
-        for s, window_logits in zip(starts[first:first + 32], logits):
-            valid = (s + centres >= 0) & (s + centres < piece.shape[1])  # not in the zero padding
-            for centre, value in zip(np.round((lo + s + centres[valid]) / stride).astype(int), window_logits[valid]):
+        for s, pass_logits in zip(starts[first:first + per_pass], logits):
+            valid = (centres >= 0) & (centres < length)                  # not in the zero padding
+            for centre, value in zip(np.round((lo + s + centres[valid]) / stride).astype(int), pass_logits[valid]):
                 sums[centre] = sums.get(centre, 0) + value
                 counts[centre] = counts.get(centre, 0) + 1
     keys = np.array(sorted(k for k in sums if start <= k * stride < stop))

@@ -46,6 +46,7 @@ class ModelConfig:
     dropout: float = 0.0             # on the pooled feature, before the head
     mask_padding: bool = True        # pooled tokens: only those centred on real signal, not on zero padding
     position: str = "learned"        # "learned" (sized for num_samples, stretched to other lengths) or "none"
+    stem_blocks: int = 0             # residual conv blocks (kernel 7) after the stem's first layer, for beat shape
 
     def to_dict(self):
         d = asdict(self)
@@ -67,18 +68,25 @@ class ModelConfig:
 
 
 # Presets. `paper`: the published architecture (Vim-small width and depth, 500 Hz, 8192 samples, middle class token).
-# `small`: trains on 2 CPU cores in minutes (250 Hz, 2048 samples ~ 8.2 s -> 170 tokens). It pools the tokens by
-# mean + max instead of a class token: the max keeps a single abnormal beat (a PVC, an irregular RR interval) that
-# a mean dilutes over the record, and after the same 6 epochs on the synthetic data the held-out macro AUROC was
-# 0.96 with mean + max, 0.86 with the mean and 0.82 with Vim's middle class token (12 leads; bench/RESULTS.md).
+# `small`: trains on 2 CPU cores in minutes (250 Hz; the 2048-sample window, 8.2 s, is its shortest input; it reads
+# whole records). It pools the tokens by mean + max instead of a class token: the max keeps a single abnormal beat
+# (a PVC, an irregular RR interval) that a mean dilutes over the record (demo, 6 epochs: held-out macro AUROC 0.96
+# with mean + max, 0.86 with the mean, 0.82 with Vim's middle class token). It has no position embedding: on the
+# hard benchmark, trained on crops of varying length and read whole, a learned embedding stretched to each length
+# cost 0.04 rhythm-class AUPRC on 12 leads (0.607 against 0.645; bench/RESULTS.md).
+# `large`: `paper`'s width and depth with `small`'s whole-record design, for GPUs (500 Hz, 4096-sample shortest
+# input, mean + max pooling, no position embedding); its GPU figures are still to be taken (bench/RESULTS.md).
 PRESETS = {
     "paper": dict(num_samples=8192, d_model=384, depth=24, stem_channels=128,
                   stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 100)),
     "small": dict(num_samples=2048, d_model=128, depth=4, stem_channels=64,
                   stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 7), drop_path=0.05,
-                  cls_token="none", pooling="mean+max"),
+                  cls_token="none", pooling="mean+max", position="none"),
+    "large": dict(num_samples=4096, d_model=384, depth=24, stem_channels=128,
+                  stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 7),
+                  cls_token="none", pooling="mean+max", position="none"),
 }
-PRESET_SAMPLING_RATES = {"paper": 500, "small": 250}
+PRESET_SAMPLING_RATES = {"paper": 500, "small": 250, "large": 500}
 
 
 def preset_config(name, **overrides):
@@ -246,6 +254,21 @@ class BiMamba(nn.Module):
         return self.out_proj(y.transpose(1, 2))
 
 
+class ResidualConvBlock(nn.Module):
+    """Two same-length convolutions (kernel 7) with BatchNorm and a skip: local waveform features (P-wave and QRS
+    shape) at the stem's intermediate rate, before the tokens. Lengths and token times are unchanged."""
+
+    def __init__(self, channels, kernel=7):
+        super().__init__()
+        self.conv1 = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, bias=False)
+        self.bn1 = nn.BatchNorm1d(channels)
+        self.conv2 = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, bias=False)
+        self.bn2 = nn.BatchNorm1d(channels)
+
+    def forward(self, x):
+        return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample during training."""
 
@@ -284,8 +307,10 @@ class ECGMamba(nn.Module):
         c = config
         stem, in_ch = [], c.num_leads
         out_chs = [c.stem_channels] * (len(c.stem_kernels) - 1) + [c.d_model]
-        for out_ch, k, s, p in zip(out_chs, c.stem_kernels, c.stem_strides, c.stem_paddings):
+        for layer, (out_ch, k, s, p) in enumerate(zip(out_chs, c.stem_kernels, c.stem_strides, c.stem_paddings)):
             stem += [nn.Conv1d(in_ch, out_ch, k, stride=s, padding=p, bias=False), nn.BatchNorm1d(out_ch), nn.ReLU()]
+            if layer == 0:
+                stem += [ResidualConvBlock(out_ch) for _ in range(c.stem_blocks)]
             in_ch = out_ch
         self.stem = nn.Sequential(*stem)
         self.num_tokens = stem_output_length(c)

@@ -65,8 +65,11 @@ class PreprocessConfig:
     max_whole_seconds: the longest stretch read in one pass; bounds memory (the activations grow with length).
     window_overlap: fraction of overlap between consecutive inference windows ("windows" only).
     max_windows: windows or chunks per record at most, so a 30-minute Holter record costs a bounded time.
-    aggregation: how the windows' or chunks' outputs become one probability: "mean" of the probabilities,
-        "max", "noisy_or" (1 - prod(1 - p)) or "logit_mean" (the sigmoid of the mean logit).
+    aggregation: how the windows' or chunks' outputs become one probability: "max" of the probabilities, their
+        "mean", "noisy_or" (1 - prod(1 - p)) or "logit_mean" (the sigmoid of the mean logit). "max": a finding
+        present in one chunk (an early beat) is present in the record; on the hard benchmark, reading records in
+        10 s chunks, it kept the whole reading's rhythm-class AUPRC (0.624 against 0.626 on 12 leads, 0.621 against
+        0.621 on 2) where the mean lost 0.02-0.04, noisy-or 0.03 and the logit mean 0.04-0.06.
     """
 
     target_fs: int = 500
@@ -81,7 +84,7 @@ class PreprocessConfig:
     max_whole_seconds: float = 60.0
     window_overlap: float = 0.5
     max_windows: int = 32
-    aggregation: str = "mean"
+    aggregation: str = "max"
 
     def __post_init__(self):
         if not (isinstance(self.target_fs, (int, np.integer)) and self.target_fs > 0):

@@ -6,7 +6,11 @@ Strategy (TrainConfig.strategy):
   convolution sliced to those input channels, which is exactly the 12-lead model fed zeros for the absent leads;
   `finetune_epochs` > 0 then trains each sliced model a little more on its own leads.
 - "separate": five models trained from scratch, one per lead set.
-bench/RESULTS.md compares them.
+bench/RESULTS.md compares them. With "shared", each sliced model's BatchNorm statistics are then re-estimated on its
+own lead set (recalibrate_batchnorm), since the shared statistics mix all five.
+
+Training reads crops of varying length, up to whole records, bucketed into batches of a fixed sample budget
+(crop_batches), so the model trains on the lengths inference reads and a step costs the same whatever they are.
 
 Every phase checkpoints after each epoch (atomically, safetensors + JSON) and resumes from there when the same
 command is run again; epochs reseed all randomness from (seed, epoch), so a resumed run ends where an
@@ -47,7 +51,7 @@ ENV_PREFIX = "ECGMAMBA_"
 
 @dataclass
 class TrainConfig:
-    preset: str = "auto"             # "paper", "small", or "auto": paper on CUDA, small on CPU
+    preset: str = "auto"             # "paper", "large", "small", or "auto": paper on CUDA, small on CPU
     strategy: str = "shared"         # "shared" or "separate" (see module docstring)
     epochs: int = 0                  # 0: the preset's default (paper 60, small 12)
     finetune_epochs: int = 0         # per lead set, after the shared phase
@@ -84,7 +88,9 @@ class TrainConfig:
             c.device = "cuda" if torch.cuda.is_available() else "cpu"
         if c.preset == "auto":
             c.preset = "paper" if c.device.startswith("cuda") else "small"
-        defaults = {"paper": (60, 32, 1e-3), "small": (12, 16, 3e-3)}.get(c.preset, (30, 32, 1e-3))
+        # large: paper's samples per step (32 x 8192 = 64 x 4096), so the same memory per step
+        defaults = {"paper": (60, 32, 1e-3), "large": (60, 64, 1e-3), "small": (12, 16, 3e-3)}.get(c.preset,
+                                                                                                     (30, 32, 1e-3))
         c.epochs = c.epochs or defaults[0]
         c.batch_size = c.batch_size or defaults[1]
         c.lr = c.lr or defaults[2]

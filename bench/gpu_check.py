@@ -244,18 +244,21 @@ def main():
         emit(f"Chunked PyTorch / kernel, forward + backward: {speeds['chunked PyTorch'] / speeds['mamba-ssm kernel']:.1f}x")
     emit("")
 
-    preset, overrides = ("paper", {"depth": 2, "d_model": 32, "num_samples": 1024}) if args.tiny else ("paper", None)
-    samples, peak, inference = model_throughput(preset, 4 if args.tiny else args.batch, device, precision,
-                                                steps=2 if args.tiny else 5, overrides=overrides)
-    emit(f"### `paper` preset, batch {4 if args.tiny else args.batch}, {precision}")
-    emit("")
-    emit(f"Training {samples:.1f} samples/s, peak memory {peak:.2f} GiB.")
-    emit("")
-    emit("| leads | inference records/s |")
-    emit("|---|---:|")
-    for n, rate in inference.items():
-        emit(f"| {n} | {rate:.1f} |")
-    emit("")
+    for preset in ("paper", "large"):  # large: paper's width and depth, whole records; same samples per step
+        batch = (4 if args.tiny else args.batch) * (2 if preset == "large" else 1)
+        overrides = {"depth": 2, "d_model": 32, "num_samples": 1024 // (2 if preset == "large" else 1)} \
+            if args.tiny else None
+        samples, peak, inference = model_throughput(preset, batch, device, precision,
+                                                    steps=2 if args.tiny else 5, overrides=overrides)
+        emit(f"### `{preset}` preset, batch {batch}, {precision}")
+        emit("")
+        emit(f"Training {samples:.1f} samples/s, peak memory {peak:.2f} GiB.")
+        emit("")
+        emit("| leads | inference records/s |")
+        emit("|---|---:|")
+        for n, rate in inference.items():
+            emit(f"| {n} | {rate:.1f} |")
+        emit("")
 
     emit("### train_model.py end to end")
     emit("")

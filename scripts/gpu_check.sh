@@ -4,7 +4,7 @@
 #
 #   scripts/gpu_check.sh [torch|kernels|all] [OUT_DIR]        (default: all, $OUT or ./gpu_check_out)
 #
-# torch    needs only a CUDA build of torch: the chunked PyTorch scan's parity and speed, `paper` training and
+# torch    needs only a CUDA build of torch: the chunked PyTorch scan's parity and speed, `paper` and `large` training and
 #          inference throughput, train_model.py on 2,000 synthetic records (about 3 minutes on an H100/H200).
 # kernels  builds mamba-ssm and causal-conv1d for this card only from the source distributions in $WHEELHOUSE
 #          (default wheelhouse/; scripts/build_cuda_extensions.sh --help says how to download them beforehand on

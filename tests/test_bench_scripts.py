@@ -31,7 +31,7 @@ def test_gpu_check_runs_every_step_at_toy_sizes_on_the_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
     for heading in ("### Scan parity with the CPU kernel", "### Scan speed", "### `paper` preset",
-                    "### train_model.py end to end", "| cache build |", "| threshold tuning |"):
+                    "### `large` preset", "### train_model.py end to end", "| cache build |", "| threshold tuning |"):
         assert heading in text, heading
     assert "FAILED" not in text
     parity = [line for line in text.splitlines() if line.startswith("| chunked PyTorch | float32")]

@@ -20,8 +20,9 @@ import sys
 import numpy as np
 import torch
 
+from ecgmamba.inference import segment_passes
 from ecgmamba.model import token_centres
-from ecgmamba.preprocess import preprocess_recording, record_segments
+from ecgmamba.preprocess import preprocess_recording
 from ecgmamba.records import RecordError, read_header, read_raw, to_millivolts, select_leads
 
 PAPER_SPEED_MM_S = 25.0
@@ -44,23 +45,19 @@ def token_evidence(network, signal, preprocess, device, start=0, stop=None):
     else:  # the passes inference makes, all of them (a chunk's tokens depend on the whole chunk)
         lo, hi = 0, n
     piece = signal[:, lo:hi]
-    starts, length = record_segments(piece.shape[1], dataclasses.replace(preprocess, max_windows=10**6))
-    padded = max(length, window)
+    segments, passes = segment_passes([piece], dataclasses.replace(preprocess, max_windows=10**6), batch_size=32)
     stride = int(np.prod(network.config.stem_strides))
-    per_pass = max(1, 32 * window // padded)
     sums, counts = {}, {}
-    for first in range(0, len(starts), per_pass):
-        batch = np.zeros((len(starts[first:first + per_pass]), piece.shape[0], padded), dtype=np.float32)
-        for row, s in enumerate(starts[first:first + per_pass]):
-            batch[row, :, :length] = piece[:, s:s + length]
+    for chosen, batch, valid_samples in passes:
         features, position = network.token_features(torch.from_numpy(batch).to(device))
         if position is not None:  # the class token has no place in time
             features = torch.cat([features[:, :position], features[:, position + 1:]], dim=1)
         logits = network.head(features).float().cpu().numpy()           # (passes, tokens, classes)
         centres = token_centres(network.config, logits.shape[1])
-        for s, pass_logits in zip(starts[first:first + per_pass], logits):
+        for k, length, pass_logits in zip(chosen, valid_samples, logits):
             valid = (centres >= 0) & (centres < length)                  # not in the zero padding
-            for centre, value in zip(np.round((lo + s + centres[valid]) / stride).astype(int), pass_logits[valid]):
+            first = lo + segments[k][1]
+            for centre, value in zip(np.round((first + centres[valid]) / stride).astype(int), pass_logits[valid]):
                 sums[centre] = sums.get(centre, 0) + value
                 counts[centre] = counts.get(centre, 0) + 1
     keys = np.array(sorted(k for k in sums if start <= k * stride < stop))

@@ -128,41 +128,52 @@ def inference_precision(meta, device):
     return tuned
 
 
-@torch.no_grad()
-def predict_many(network, signals, preprocess, device, batch_size=64, precision="fp32"):
-    """Probabilities for several preprocessed records (each (leads, n)), each read as record_segments says and its
-    segments' outputs aggregated (PreprocessConfig.aggregation). Segments of one length, from any records, share
-    forward passes of at most batch_size * window_samples samples, so memory is bounded whatever the lengths; a
-    segment shorter than window_samples is zero-padded to it and the padding masked out of the pooling. Only
-    segments of equal length are batched together: padding a record to another's length would put zeros in
-    front of the backward scan."""
-    num_classes = network.config.num_classes
-    if not len(signals):
-        return np.zeros((0, num_classes))
-    segments = []                                                       # (record, start, real samples)
+def segment_passes(signals, preprocess, batch_size=64):
+    """(segments, passes) for preprocessed records (each (leads, n)): segments lists (record, start, real samples)
+    as record_segments reads each record; passes yields (segment indices, input (b, leads, padded) float32, real
+    samples (b,)). Segments of one length, from any records, share a pass of at most batch_size * window_samples
+    samples, so memory is bounded whatever the lengths; a segment shorter than window_samples is zero-padded to it
+    (the model masks the padding out of the pooling). Only segments of equal length share a pass: padding a record
+    to another's length would put zeros in front of the backward scan."""
+    segments = []
     for i, signal in enumerate(signals):
         starts, length = record_segments(signal.shape[1], preprocess)
         segments += [(i, int(start), length) for start in starts]
     groups = {}
     for k, (_, _, length) in enumerate(segments):
         groups.setdefault(max(length, preprocess.window_samples), []).append(k)
+
+    def passes():
+        budget = batch_size * preprocess.window_samples
+        for padded, members in sorted(groups.items()):
+            per_pass = max(1, budget // padded)
+            for first in range(0, len(members), per_pass):
+                chosen = members[first:first + per_pass]
+                x = np.zeros((len(chosen), signals[segments[chosen[0]][0]].shape[0], padded), dtype=np.float32)
+                for row, k in enumerate(chosen):
+                    i, start, length = segments[k]
+                    x[row, :, :length] = signals[i][:, start:start + length]
+                yield chosen, x, np.array([segments[k][2] for k in chosen])
+
+    return segments, passes()
+
+
+@torch.no_grad()
+def predict_many(network, signals, preprocess, device, batch_size=64, precision="fp32"):
+    """Probabilities for several preprocessed records (each (leads, n)), each read as record_segments says (in the
+    passes of segment_passes) and its segments' outputs aggregated (PreprocessConfig.aggregation)."""
+    num_classes = network.config.num_classes
+    if not len(signals):
+        return np.zeros((0, num_classes))
+    segments, passes = segment_passes(signals, preprocess, batch_size)
     masked = isinstance(network, ECGMamba)  # other networks (the benchmark's baseline) take the input alone
-    budget = batch_size * preprocess.window_samples
     logits = np.zeros((len(segments), num_classes))
     network.eval()
-    for padded, members in sorted(groups.items()):
-        per_pass = max(1, budget // padded)
-        for first in range(0, len(members), per_pass):
-            chosen = members[first:first + per_pass]
-            x = np.zeros((len(chosen), signals[segments[chosen[0]][0]].shape[0], padded), dtype=np.float32)
-            for row, k in enumerate(chosen):
-                i, start, length = segments[k]
-                x[row, :, :length] = signals[i][:, start:start + length]
-            x = torch.from_numpy(x).to(device)
-            valid = torch.tensor([segments[k][2] for k in chosen])
-            with autocast(device, precision):
-                out = network(x, valid) if masked else network(x)
-            logits[chosen] = out.float().cpu().numpy()
+    for chosen, x, valid in passes:
+        x = torch.from_numpy(x).to(device)
+        with autocast(device, precision):
+            out = network(x, torch.from_numpy(valid)) if masked else network(x)
+        logits[chosen] = out.float().cpu().numpy()
     owners = np.array([i for i, _, _ in segments])
     probabilities = 1.0 / (1.0 + np.exp(-logits))
     return np.stack([aggregate(probabilities[owners == i], logits[owners == i], preprocess.aggregation)

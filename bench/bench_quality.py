@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -99,7 +100,7 @@ def build_model(spec, num_classes):
     """(network, preset, training overrides, preprocessing overrides) for a model spec."""
     preset, _, overrides = spec.partition(":")
     values = {}
-    for item in filter(None, overrides.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", overrides)):  # commas inside [3,2] are a value's
         key, _, value = item.partition("=")
         values[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
     training = {k: values.pop(k) for k in TRAINING_KEYS if k in values}

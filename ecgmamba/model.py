@@ -40,7 +40,9 @@ class ModelConfig:
     stem_strides: tuple = (3, 4)
     stem_paddings: tuple = (2, 100)
     cls_token: str = "middle"        # "middle" (Vim), "end" (ECG-Mamba-V2) or "none" (pool the tokens instead)
-    pooling: str = "mean"            # without a class token: "mean", or "mean+max" (half the sum of both)
+    pooling: str = "mean"            # without a class token: "mean", "mean+max" (half the sum of both), "concat"
+                                     # (mean and max side by side: the head weighs each per class) or "stats"
+                                     # (mean, max and standard deviation over time side by side)
     divide_out: bool = True          # Vim halves the sum of both directions; ECG-Mamba-V2 does not
     drop_path: float = 0.1
     dropout: float = 0.0             # on the pooled feature, before the head
@@ -86,6 +88,7 @@ PRESETS = {
                   stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 7),
                   cls_token="none", pooling="mean+max", position="none"),
 }
+POOLING_WIDTH = {"mean": 1, "mean+max": 1, "concat": 2, "stats": 3}  # the head's input, in d_model
 PRESET_SAMPLING_RATES = {"paper": 500, "small": 250, "large": 500}
 
 
@@ -319,8 +322,8 @@ class ECGMamba(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model)) if c.cls_token != "none" else None
         if c.cls_token not in ("middle", "end", "none"):
             raise ValueError(f"cls_token must be 'middle', 'end' or 'none', not {c.cls_token!r}")
-        if c.pooling not in ("mean", "mean+max"):
-            raise ValueError(f"pooling must be 'mean' or 'mean+max', not {c.pooling!r}")
+        if c.pooling not in POOLING_WIDTH:
+            raise ValueError(f"pooling must be one of {sorted(POOLING_WIDTH)}, not {c.pooling!r}")
         if c.position not in ("learned", "none"):
             raise ValueError(f"position must be 'learned' or 'none', not {c.position!r}")
         extra = 0 if self.cls_token is None else 1
@@ -330,7 +333,8 @@ class ECGMamba(nn.Module):
         self.layers = nn.ModuleList(Block(c, rate) for rate in rates)
         self.norm_f = nn.RMSNorm(c.d_model, eps=1e-5)
         self.dropout = nn.Dropout(c.dropout)
-        self.head = nn.Linear(c.d_model, c.num_classes)
+        pooled = POOLING_WIDTH[c.pooling] * c.d_model if self.cls_token is None else c.d_model
+        self.head = nn.Linear(pooled, c.num_classes)
         self._init_weights()
 
     def _init_weights(self):
@@ -388,6 +392,7 @@ class ECGMamba(nn.Module):
         if position is not None:
             return hidden_states[:, position]
         if valid_samples is None or not self.config.mask_padding:
+            weights = torch.ones_like(hidden_states[..., :1])
             mean, peak = hidden_states.mean(dim=1), hidden_states.amax(dim=1)
         else:  # a record shorter than the window: pool the tokens centred on its signal, not on the padding
             centres = torch.as_tensor(token_centres(self.config, hidden_states.shape[1]), dtype=torch.float32,
@@ -399,7 +404,22 @@ class ECGMamba(nn.Module):
             peak = hidden_states.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)
         if self.config.pooling == "mean+max":
             return 0.5 * (mean + peak)
+        if self.config.pooling == "concat":
+            return torch.cat([mean, peak], dim=-1)
+        if self.config.pooling == "stats":  # the spread of a feature over time: how much a rhythm varies
+            variance = (((hidden_states - mean[:, None]) ** 2) * weights).sum(dim=1) / weights.sum(dim=1)
+            return torch.cat([mean, peak, torch.sqrt(variance + 1e-6)], dim=-1)
         return mean
+
+    def token_logits(self, features):
+        """The head applied to each token's feature (B, L, d_model) -> (B, L, classes): where in time the evidence
+        for each class is. With "concat" or "stats" pooling a token is scored as if it were both the mean and the
+        maximum, with no spread (the spread belongs to the record, not to a moment in it)."""
+        parts = self.head.in_features // features.shape[-1]
+        if parts == 1:
+            return self.head(features)
+        spread = [torch.zeros_like(features)] * (parts - 2)
+        return self.head(torch.cat([features, features] + spread, dim=-1))
 
     def forward(self, signal, valid_samples=None):
         """signal (B, num_leads, samples) -> logits (B, num_classes). valid_samples (B,): how many leading samples

@@ -37,6 +37,20 @@ def test_with_mean_pooling_the_record_logit_is_the_mean_of_the_token_logits():
         torch.testing.assert_close(model.head(features).mean(dim=1), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_with_concat_pooling_a_record_of_identical_tokens_scores_as_each_token():
+    """A token is scored as if it were both the mean and the maximum: when every token is the same, the record's
+    logit and each token's agree."""
+    torch.manual_seed(0)
+    model = ECGMamba(ModelConfig(num_samples=512, d_model=16, depth=2, d_state=4, stem_channels=8,
+                                 stem_paddings=(2, 7), cls_token="none", pooling="concat")).eval()
+    assert model.head.in_features == 32
+    features = torch.randn(2, 1, 16).expand(2, 9, 16)
+    per_token = model.token_logits(features)
+    pooled = model.head(torch.cat([features.mean(1), features.amax(1)], dim=-1))
+    torch.testing.assert_close(per_token[:, 0], pooled)
+    torch.testing.assert_close(per_token[:, 5], pooled)
+
+
 def test_token_centres_follow_the_strided_stem():
     config = preset_config("small")
     centres = token_centres(config, 3)

@@ -92,7 +92,8 @@ def test_any_lead_count(num_leads):
 
 
 @pytest.mark.parametrize("cls_token, pooling", [("middle", "mean"), ("end", "mean"), ("none", "mean"),
-                                                ("none", "mean+max")])
+                                                ("none", "mean+max"), ("none", "concat"),
+                                                ("none", "stats")])
 def test_class_token_positions_and_backward(cls_token, pooling):
     torch.manual_seed(0)
     model = ECGMamba(tiny_config(cls_token=cls_token, pooling=pooling, divide_out=cls_token != "end"))
@@ -113,7 +114,9 @@ def test_class_token_positions_and_backward(cls_token, pooling):
     if expected is not None:
         torch.testing.assert_close(features, normed[:, expected])
     else:
-        pooled = normed.mean(1) if pooling == "mean" else 0.5 * (normed.mean(1) + normed.amax(1))
+        pooled = {"mean": normed.mean(1), "mean+max": 0.5 * (normed.mean(1) + normed.amax(1)),
+                  "concat": torch.cat([normed.mean(1), normed.amax(1)], dim=-1),
+                  "stats": torch.cat([normed.mean(1), normed.amax(1), normed.std(1, unbiased=False)], dim=-1)}[pooling]
         torch.testing.assert_close(features, pooled)
 
 

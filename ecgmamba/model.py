@@ -71,22 +71,24 @@ class ModelConfig:
 
 # Presets. `paper`: the published architecture (Vim-small width and depth, 500 Hz, 8192 samples, middle class token).
 # `small`: trains on 2 CPU cores in minutes (250 Hz; the 2048-sample window, 8.2 s, is its shortest input; it reads
-# whole records). It pools the tokens by mean + max instead of a class token: the max keeps a single abnormal beat
-# (a PVC, an irregular RR interval) that a mean dilutes over the record (demo, 6 epochs: held-out macro AUROC 0.96
-# with mean + max, 0.86 with the mean, 0.82 with Vim's middle class token). It has no position embedding: on the
-# hard benchmark, trained on crops of varying length and read whole, a learned embedding stretched to each length
-# cost 0.04 rhythm-class AUPRC on 12 leads (0.607 against 0.645; bench/RESULTS.md).
+# whole records). Instead of a class token it pools the tokens three ways side by side, the mean, the maximum and
+# the standard deviation over time ("stats"), and the head weighs each per class: the maximum keeps a single
+# abnormal beat that a mean dilutes, the spread says how much a feature varies through the record. On the hard
+# benchmark (8 epochs) rhythm-class AUPRC on 12 leads was 0.729 with "stats", 0.695 with mean and max side by
+# side, 0.645 with half their sum, 0.351 with the mean (demo, 6 epochs: the class token reached 0.82 macro AUROC).
+# It has no position embedding: trained on crops of varying length and read whole, a learned embedding stretched
+# to each length cost 0.04 rhythm-class AUPRC (0.607 against 0.645; bench/RESULTS.md).
 # `large`: `paper`'s width and depth with `small`'s whole-record design, for GPUs (500 Hz, 4096-sample shortest
-# input, mean + max pooling, no position embedding); its GPU figures are still to be taken (bench/RESULTS.md).
+# input, "stats" pooling, no position embedding); its GPU figures are still to be taken (bench/RESULTS.md).
 PRESETS = {
     "paper": dict(num_samples=8192, d_model=384, depth=24, stem_channels=128,
                   stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 100)),
     "small": dict(num_samples=2048, d_model=128, depth=4, stem_channels=64,
                   stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 7), drop_path=0.05,
-                  cls_token="none", pooling="mean+max", position="none"),
+                  cls_token="none", pooling="stats", position="none"),
     "large": dict(num_samples=4096, d_model=384, depth=24, stem_channels=128,
                   stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 7),
-                  cls_token="none", pooling="mean+max", position="none"),
+                  cls_token="none", pooling="stats", position="none"),
 }
 POOLING_WIDTH = {"mean": 1, "mean+max": 1, "concat": 2, "stats": 3}  # the head's input, in d_model
 PRESET_SAMPLING_RATES = {"paper": 500, "small": 250, "large": 500}

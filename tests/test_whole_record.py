@@ -281,7 +281,7 @@ def test_stem_blocks_keep_the_token_grid_and_slice_like_the_plain_stem():
 def test_the_large_preset_is_paper_width_with_the_whole_record_design():
     large, paper = preset_config("large"), preset_config("paper")
     assert (large.d_model, large.depth) == (paper.d_model, paper.depth)
-    assert (large.cls_token, large.pooling, large.position) == ("none", "mean+max", "none")
+    assert (large.cls_token, large.pooling, large.position) == ("none", "stats", "none")
     from ecgmamba.train import TrainConfig
 
     resolved = TrainConfig(preset="large", device="cpu").resolved()

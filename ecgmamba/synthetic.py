@@ -408,7 +408,8 @@ def generate_record(rng, fs=500, duration_s=10.0, labels=None, *, prevalence=Non
     """One synthetic 12-lead ECG.
 
     Returns (signal in mV as float32 (12, n) in the order I, II, III, aVR, aVL, aVF, V1..V6, labels, age, sex),
-    and with return_events=True a fifth item: {"pac": [s], "pvc": [s]}, the R-peak times of the ectopic beats.
+    and with return_events=True a fifth item: {"pac": [s], "pvc": [s], "beats": [s], "kinds": str}, the R-peak
+    times of the ectopic beats, of every beat, and each beat's kind ('N' conducted, 'S' PAC, 'V' PVC).
     `labels` fixes the diagnoses (a sinus rhythm label is added when no rhythm is given); None draws them from
     `prevalence`. `heart_rate` (bpm) must agree with the rhythm label; None draws it. hard=True: the hard benchmark
     (see HARD_PREVALENCE); the default mode's records are unchanged by it.
@@ -571,7 +572,8 @@ def generate_record(rng, fs=500, duration_s=10.0, labels=None, *, prevalence=Non
     if return_events:
         inside = (times >= 0) & (times < duration_s)
         events = {"pac": [float(t) for t in times[inside & (kinds == "S")]],
-                  "pvc": [float(t) for t in times[inside & (kinds == "V")]]}
+                  "pvc": [float(t) for t in times[inside & (kinds == "V")]],
+                  "beats": [float(t) for t in times[inside]], "kinds": "".join(kinds[inside])}
         return signal, labels, age, sex, events
     return signal, labels, age, sex
 

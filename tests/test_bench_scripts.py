@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,3 +52,17 @@ def test_scale_rehearsal_mix_follows_the_public_data():
     rng = np.random.default_rng(0)
     cpsc = [duration_of("cpsc", rng) for _ in range(2000)]
     assert 6.0 <= min(cpsc) and max(cpsc) <= 60.0 and 14.0 < float(np.mean(cpsc)) < 18.0
+
+
+def test_rhythm_oracle_reads_the_spacing_of_conducted_beats_only():
+    from bench_rhythm_oracle import rr_variation
+
+    regular = np.arange(0.0, 10.0, 0.8)
+    assert rr_variation(regular, "N" * len(regular)) == pytest.approx(0.0, abs=1e-9)
+    early = regular.copy()
+    early[5:] -= 0.2                                  # a PAC at beat 5, the sinus node reset after it
+    kinds = "NNNNNSNNNNNNN"
+    assert rr_variation(early, kinds) == pytest.approx(0.0, abs=1e-9)   # the intervals touching it are left out
+    assert rr_variation(early, "N" * len(early)) > 0.05                # counted, it would look like arrhythmia
+    breathing = np.cumsum(0.8 * (1 + 0.08 * np.sin(2 * np.pi * 0.25 * regular)))
+    assert rr_variation(breathing, "N" * len(breathing)) > 0.04

@@ -472,6 +472,12 @@ def test_hard_ectopic_beats_are_less_premature_and_reported_where_they_are():
             if 1 <= j < len(peaks) - 1:
                 couplings.append((peaks[j] - peaks[j - 1]) / np.median(np.diff(peaks)))
     assert max(couplings) > 0.8 and min(couplings) < 0.7  # up to 85 % of the RR interval, down to the usual
+    # every beat is reported with its kind, the ectopic ones among them
+    beats, kinds = np.array(events["beats"]), events["kinds"]
+    assert len(beats) == len(kinds) and np.all(np.diff(beats) > 0) and set(kinds) == {"N", "S", "V"}
+    assert list(beats[[k == "S" for k in kinds]]) == events["pac"]
+    assert list(beats[[k == "V" for k in kinds]]) == events["pvc"]
+    assert np.max(np.abs(peaks[:, None] - beats[None, (beats > 0.2) & (beats < 29.8)]).min(axis=0)) < 0.06
 
 
 def test_hard_thresholds_are_reached_from_both_sides():

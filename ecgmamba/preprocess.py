@@ -286,28 +286,6 @@ def scale_leads(filtered, lead_scales, config, present=None, out=None):
     return np.clip(out, -config.clip, config.clip, out=out)
 
 
-def fixed_length(x, length, rng=None):
-    """Crop or zero-pad (num_leads, n) to (num_leads, length), float32, so records of any length can be batched.
-
-    Longer: a random crop when rng (a numpy Generator) is given, for training augmentation; the centre crop
-    otherwise, so validation and inference are deterministic. Shorter: zeros appended on the right (zero is the
-    scaled baseline).
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"fixed_length: expected (num_leads, num_samples), got shape {x.shape}")
-    if length < 1:
-        raise ValueError(f"fixed_length: length must be positive, got {length}")
-    num_samples = x.shape[1]
-    if num_samples > length:
-        extra = num_samples - length
-        start = int(rng.integers(0, extra + 1)) if rng is not None else extra // 2
-        return np.ascontiguousarray(x[:, start : start + length])
-    out = np.zeros((x.shape[0], length), dtype=np.float32)
-    out[:, :num_samples] = x
-    return out
-
-
 def window_starts(num_samples, length, overlap=0.5, max_windows=32):
     """Start indices of inference windows: step length*(1-overlap), the last window ending at the record's end,
     and at most max_windows of them, evenly spaced (first and last kept) so long records stay bounded."""
@@ -326,20 +304,6 @@ def window_starts(num_samples, length, overlap=0.5, max_windows=32):
     if len(starts) > max_windows:
         starts = np.round(np.linspace(0, last, max_windows)).astype(np.int64)
     return starts
-
-
-def sliding_windows(x, length, overlap=0.5, max_windows=32):
-    """(num_leads, n) -> float32 (num_windows, num_leads, length) covering the whole record, for inference:
-    predictions are averaged over windows. A record shorter than one window gives one zero-padded window."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"sliding_windows: expected (num_leads, num_samples), got shape {x.shape}")
-    starts = window_starts(x.shape[1], length, overlap, max_windows)
-    if x.shape[1] <= length:
-        return fixed_length(x, length)[None]
-    # A strided view over all possible windows, then a gather of the chosen ones: one copy of num_windows windows.
-    all_windows = np.lib.stride_tricks.sliding_window_view(x, length, axis=1)  # (leads, n - length + 1, length)
-    return np.ascontiguousarray(all_windows[:, starts].transpose(1, 0, 2))
 
 
 def record_segments(num_samples, config):

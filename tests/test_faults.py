@@ -323,9 +323,10 @@ def test_usable_faults_are_classified_like_the_clean_record(trained, inference):
     prior = np.array(model_meta(trained[0])["prior"])
     reference = {"same": read_csv(out_dir, "BASE")[3], "same11": read_csv(out_dir, "REF_11")[3],
                  "interpolated": read_csv(out_dir, "REF_interp")[3]}
-    # The tiny model's answers differ little between records (about 1e-7 between the references), and float32
-    # work batched differently moves them by a few units in the last place (up to about 1e-8). So a record must be
-    # within float noise of its own reference and several times nearer to it than to either other reference.
+    # The tiny model's answers differ little between records (a few 1e-6 between the references), and float32
+    # work batched or scaled differently moves them by a few units in the last place (up to about 1e-7 with the
+    # spread in "stats" pooling: a square root of a variance). So a record must be within float noise of its own
+    # reference and several times nearer to it than to either other reference.
     def distance(a, b):
         return float(np.abs(a - b).max())
 
@@ -337,7 +338,7 @@ def test_usable_faults_are_classified_like_the_clean_record(trained, inference):
         if outcome in reference:
             own = distance(probabilities, reference[outcome])
             nearest_other = min(distance(probabilities, reference[o]) for o in reference if o != outcome)
-            assert own <= 5e-8 and own * 4 < nearest_other, (name, own, nearest_other)
+            assert own <= 2e-7 and own * 4 < nearest_other, (name, own, nearest_other)
 
 
 def test_run_model_interpolates_non_finite_samples_and_refuses_recordings_without_signal():

@@ -28,7 +28,7 @@ def rr_variation(beats, kinds):
     """Coefficient of variation of the RR intervals between consecutive conducted ('N') beats."""
     beats = np.asarray(beats)
     conducted = np.array([a == "N" and b == "N" for a, b in zip(kinds[:-1], kinds[1:])], dtype=bool)
-    rr = np.diff(beats)[conducted] if len(beats) > 1 else np.zeros(0)
+    rr = np.diff(beats)[conducted]
     return float(np.std(rr) / np.mean(rr)) if len(rr) >= 2 else 0.0
 
 

@@ -52,7 +52,7 @@ def token_evidence(network, signal, preprocess, device, start=0, stop=None):
         features, position = network.token_features(torch.from_numpy(batch).to(device))
         if position is not None:  # the class token has no place in time
             features = torch.cat([features[:, :position], features[:, position + 1:]], dim=1)
-        logits = network.token_logits(features).float().cpu().numpy()           # (passes, tokens, classes)
+        logits = network.token_logits(features).float().cpu().numpy()   # (passes, tokens, classes)
         centres = token_centres(network.config, logits.shape[1])
         for k, length, pass_logits in zip(chosen, valid_samples, logits):
             valid = (centres >= 0) & (centres < length)                  # not in the zero padding

@@ -335,8 +335,8 @@ class ECGMamba(nn.Module):
         self.layers = nn.ModuleList(Block(c, rate) for rate in rates)
         self.norm_f = nn.RMSNorm(c.d_model, eps=1e-5)
         self.dropout = nn.Dropout(c.dropout)
-        pooled = POOLING_WIDTH[c.pooling] * c.d_model if self.cls_token is None else c.d_model
-        self.head = nn.Linear(pooled, c.num_classes)
+        self.pooled_parts = POOLING_WIDTH[c.pooling] if self.cls_token is None else 1  # features side by side
+        self.head = nn.Linear(self.pooled_parts * c.d_model, c.num_classes)
         self._init_weights()
 
     def _init_weights(self):
@@ -417,10 +417,9 @@ class ECGMamba(nn.Module):
         """The head applied to each token's feature (B, L, d_model) -> (B, L, classes): where in time the evidence
         for each class is. With "concat" or "stats" pooling a token is scored as if it were both the mean and the
         maximum, with no spread (the spread belongs to the record, not to a moment in it)."""
-        parts = self.head.in_features // features.shape[-1]
-        if parts == 1:
+        if self.pooled_parts == 1:
             return self.head(features)
-        spread = [torch.zeros_like(features)] * (parts - 2)
+        spread = [torch.zeros_like(features)] * (self.pooled_parts - 2)
         return self.head(torch.cat([features, features] + spread, dim=-1))
 
     def forward(self, signal, valid_samples=None):

@@ -49,7 +49,8 @@ def token_evidence(network, signal, preprocess, device, start=0, stop=None):
     stride = int(np.prod(network.config.stem_strides))
     sums, counts = {}, {}
     for chosen, batch, valid_samples in passes:
-        features, position = network.token_features(torch.from_numpy(batch).to(device))
+        features, position = network.token_features(torch.from_numpy(batch).to(device),
+                                                     torch.as_tensor(valid_samples))
         if position is not None:  # the class token has no place in time
             features = torch.cat([features[:, :position], features[:, position + 1:]], dim=1)
         logits = network.token_logits(features).float().cpu().numpy()   # (passes, tokens, classes)

@@ -190,6 +190,15 @@ def _at_least_fp32(t):
     return t if t.dtype == torch.float64 else t.float()
 
 
+def reversal_index(lengths, length):
+    """(B, L) indices that reverse each row's first lengths[b] tokens and leave the padding after them in place.
+    The backward scan then reads a record's own tokens first and the padding last, so padding reaches no real token
+    in either direction, and a short record gets the same answer however much it was padded. Its own inverse."""
+    steps = torch.arange(length, device=lengths.device)
+    lengths = lengths[:, None]
+    return torch.where(steps < lengths, lengths - 1 - steps, steps)
+
+
 class BiMamba(nn.Module):
     """Vim's bidirectional Mamba mixer ("bimamba v2"): one in_proj, two SSM branches, one out_proj."""
 
@@ -247,12 +256,17 @@ class BiMamba(nn.Module):
             z=z, delta_bias=_at_least_fp32(dt_proj.bias), delta_softplus=True,
         )
 
-    def forward(self, hidden_states):
-        """hidden_states (B, L, d_model) -> (B, L, d_model)."""
+    def forward(self, hidden_states, lengths=None):
+        """hidden_states (B, L, d_model) -> (B, L, d_model). lengths (B,): how many leading tokens of each row are
+        the record's (the rest stand on zero padding); None: all."""
         xz = self.in_proj(hidden_states).transpose(1, 2)               # (B, 2*D, L)
         x, z = xz.chunk(2, dim=1)
         out = self.branch(x, z, "forward")
-        out_b = self.branch(x.flip(-1), z.flip(-1), "backward").flip(-1)
+        if lengths is None:
+            out_b = self.branch(x.flip(-1), z.flip(-1), "backward").flip(-1)
+        else:
+            index = reversal_index(lengths, x.shape[-1])[:, None, :].expand_as(x)
+            out_b = self.branch(x.gather(-1, index), z.gather(-1, index), "backward").gather(-1, index)
         y = out + out_b
         if self.divide_out:
             y = y / 2
@@ -298,11 +312,11 @@ class Block(nn.Module):
                              divide_out=config.divide_out)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, hidden_states, residual=None):
+    def forward(self, hidden_states, residual=None, lengths=None):
         residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
         residual = residual.float()
         hidden_states = self.norm(residual.to(self.norm.weight.dtype))
-        return self.mixer(hidden_states), residual
+        return self.mixer(hidden_states, lengths), residual
 
 
 class ECGMamba(nn.Module):
@@ -373,34 +387,45 @@ class ECGMamba(nn.Module):
         return F.interpolate(self.pos_embed.transpose(1, 2), size=length, mode="linear",
                              align_corners=False).transpose(1, 2)
 
-    def token_features(self, signal):
+    def valid_tokens(self, valid_samples, num_tokens, device):
+        """(B, L) bool: the tokens centred on signal rather than on zero padding (a prefix of each row; at least
+        the first token, for a record shorter than one token's reach). None when nothing is masked: no
+        valid_samples, mask_padding off, or a class-token model (which reads fixed windows)."""
+        if valid_samples is None or not self.config.mask_padding or self.cls_token is not None:
+            return None
+        centres = torch.as_tensor(token_centres(self.config, num_tokens), dtype=torch.float32, device=device)
+        valid = centres[None, :] < torch.as_tensor(valid_samples, device=device)[:, None].to(centres.dtype)
+        valid[:, 0] |= ~valid.any(dim=1)
+        return valid
+
+    def token_features(self, signal, valid_samples=None):
         """(final-norm features of every token (B, L, d_model), class-token position or None): what the pooling
-        reads, kept per token so the head can be applied to each (ecgmamba.explain)."""
+        reads, kept per token so the head can be applied to each (ecgmamba.explain). valid_samples (B,) as in
+        forward: the backward scan reads each row's own tokens before its padding (reversal_index)."""
         tokens = self.stem(signal).transpose(1, 2)                      # (B, L, d_model)
         batch, length, _ = tokens.shape
         position = self.token_position(length)
         if position is not None:
             cls = self.cls_token.expand(batch, -1, -1).to(tokens.dtype)
             tokens = torch.cat([tokens[:, :position], cls, tokens[:, position:]], dim=1)
+        valid = self.valid_tokens(valid_samples, length, tokens.device)
+        lengths = None if valid is None or bool(valid.all()) else valid.sum(dim=1)
         hidden_states = tokens + self.pos_embed_for(tokens.shape[1])
         residual = None
         for layer in self.layers:
-            hidden_states, residual = layer(hidden_states, residual)
+            hidden_states, residual = layer(hidden_states, residual, lengths)
         residual = residual + layer.drop_path(hidden_states)
         return self.norm_f(residual.to(self.norm_f.weight.dtype)), position
 
     def forward_features(self, signal, valid_samples=None):
-        hidden_states, position = self.token_features(signal)
+        hidden_states, position = self.token_features(signal, valid_samples)
         if position is not None:
             return hidden_states[:, position]
-        if valid_samples is None or not self.config.mask_padding:
+        valid = self.valid_tokens(valid_samples, hidden_states.shape[1], signal.device)
+        if valid is None:
             weights = torch.ones_like(hidden_states[..., :1])
             mean, peak = hidden_states.mean(dim=1), hidden_states.amax(dim=1)
         else:  # a record shorter than the window: pool the tokens centred on its signal, not on the padding
-            centres = torch.as_tensor(token_centres(self.config, hidden_states.shape[1]), dtype=torch.float32,
-                                      device=signal.device)
-            valid = centres[None, :] < valid_samples.to(signal.device)[:, None].to(centres.dtype)
-            valid[:, 0] |= ~valid.any(dim=1)  # shorter than one token's reach: keep the first token
             weights = valid.to(hidden_states.dtype)[..., None]
             mean = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
             peak = hidden_states.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)

@@ -226,7 +226,7 @@ def test_zero_padding_of_a_short_record_is_not_pooled():
     valid = torch.tensor([300, 512])
     with torch.no_grad():
         pooled = model.forward_features(x, valid)
-        tokens, _ = model.token_features(x)
+        tokens, _ = model.token_features(x, valid)
         keep = torch.as_tensor(token_centres(config, tokens.shape[1]) < 300)
         short = tokens[0, keep]
         torch.testing.assert_close(pooled[0], 0.5 * (short.mean(0) + short.amax(0)))
@@ -236,3 +236,36 @@ def test_zero_padding_of_a_short_record_is_not_pooled():
                                       "stem_paddings": (2, 7), "mask_padding": False})).eval()
         off.load_state_dict(model.state_dict())
         torch.testing.assert_close(off(x, valid), model(x))  # mask_padding=False: the old behaviour
+
+
+def test_reversal_index_reverses_each_rows_own_tokens_and_is_its_own_inverse():
+    from ecgmamba.model import reversal_index
+
+    index = reversal_index(torch.tensor([5, 3, 1]), 5)
+    assert index.tolist() == [[4, 3, 2, 1, 0], [2, 1, 0, 3, 4], [0, 1, 2, 3, 4]]
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(x.gather(1, index).gather(1, index), x, rtol=0, atol=0)
+
+
+def test_a_short_records_answer_does_not_depend_on_its_padding():
+    """The backward scan reads a record's own tokens before its padding, so however much zero padding a short
+    record carries (to the window, or to a longer batch-mate), its logits are the same."""
+    torch.manual_seed(0)
+    config = ModelConfig(num_samples=512, d_model=16, depth=2, d_state=4, stem_channels=8, stem_paddings=(2, 7),
+                         cls_token="none", pooling="stats", position="none")
+    model = ECGMamba(config).eval()
+    record = torch.randn(1, 12, 300)
+    answers = []
+    with torch.no_grad():
+        for padded in (512, 700, 1500):
+            x = torch.zeros(2, 12, padded)
+            x[0, :, :300] = record[0]
+            x[1] = torch.randn(12, padded)  # a full-length batch-mate
+            answers.append(model(x, torch.tensor([300, padded]))[0])
+        for other in answers[1:]:
+            torch.testing.assert_close(other, answers[0], rtol=1e-5, atol=1e-5)
+        # A plain flip would start the backward scan in the padding and change the record's own tokens.
+        features, _ = model.token_features(x, torch.tensor([300, 1500]))
+        plain, _ = model.token_features(x)
+        own = model.valid_tokens(torch.tensor([300, 1500]), features.shape[1], "cpu")[0]
+        assert (features[0, own] - plain[0, own]).abs().max() > 1e-4

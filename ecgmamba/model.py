@@ -49,6 +49,7 @@ class ModelConfig:
     mask_padding: bool = True        # pooled tokens: only those centred on real signal, not on zero padding
     position: str = "learned"        # "learned" (sized for num_samples, stretched to other lengths) or "none"
     stem_blocks: int = 0             # residual conv blocks (kernel 7) after the stem's first layer, for beat shape
+    head_hidden: int = 0             # 0: a linear head; n: one hidden layer of n units (GELU) between pool and classes
 
     def to_dict(self):
         d = asdict(self)
@@ -350,7 +351,9 @@ class ECGMamba(nn.Module):
         self.norm_f = nn.RMSNorm(c.d_model, eps=1e-5)
         self.dropout = nn.Dropout(c.dropout)
         self.pooled_parts = POOLING_WIDTH[c.pooling] if self.cls_token is None else 1  # features side by side
-        self.head = nn.Linear(self.pooled_parts * c.d_model, c.num_classes)
+        width = self.pooled_parts * c.d_model
+        self.head = (nn.Linear(width, c.num_classes) if c.head_hidden == 0 else
+                     nn.Sequential(nn.Linear(width, c.head_hidden), nn.GELU(), nn.Linear(c.head_hidden, c.num_classes)))
         self._init_weights()
 
     def _init_weights(self):

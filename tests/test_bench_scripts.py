@@ -66,3 +66,16 @@ def test_rhythm_oracle_reads_the_spacing_of_conducted_beats_only():
     assert rr_variation(early, "N" * len(early)) > 0.05                # counted, it would look like arrhythmia
     breathing = np.cumsum(0.8 * (1 + 0.08 * np.sin(2 * np.pi * 0.25 * regular)))
     assert rr_variation(breathing, "N" * len(breathing)) > 0.04
+
+
+def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
+    """bench_quality trains both models, reads the short-record set and saves the weights it measured."""
+    out = tmp_path / "table.md"
+    result = run([sys.executable, "bench/bench_quality.py", "--train-records", "24", "--test-records", "12",
+                  "--short-test-records", "6", "--epochs", "1", "--models", "small:depth=1", "resnet",
+                  "--readings", "whole", "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| small:depth=1 |")]
+    assert len(rows) == 5 and all(len(row.strip("|").split("|")) == 17 for row in rows)
+    assert len(list((tmp_path / "work" / "test_short_6").glob("*.hea"))) == 6
+    assert (tmp_path / "work" / "small_depth=1.pt").exists() and (tmp_path / "work" / "resnet.pt").exists()

@@ -269,3 +269,18 @@ def test_a_short_records_answer_does_not_depend_on_its_padding():
         plain, _ = model.token_features(x)
         own = model.valid_tokens(torch.tensor([300, 1500]), features.shape[1], "cpu")[0]
         assert (features[0, own] - plain[0, own]).abs().max() > 1e-4
+
+
+def test_a_hidden_layer_head_pools_the_same_way_and_round_trips_its_config():
+    torch.manual_seed(0)
+    config = ModelConfig(num_samples=512, d_model=16, depth=1, d_state=4, stem_channels=8, stem_paddings=(2, 7),
+                         cls_token="none", pooling="stats", position="none", head_hidden=32)
+    model = ECGMamba(config).eval()
+    assert [type(m) for m in model.head] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Linear]
+    assert model.head[0].in_features == 48 and model.head[2].out_features == config.num_classes
+    x = torch.randn(2, 12, 600)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.head(model.forward_features(x)))
+        features, _ = model.token_features(x)
+        assert model.token_logits(features).shape == (2, features.shape[1], config.num_classes)
+    assert ModelConfig.from_dict(config.to_dict()) == config

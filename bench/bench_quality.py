@@ -8,7 +8,8 @@
 Training data: --train-records hard-mode records (ecgmamba.synthetic, hard=True) of 10 s at 257/500/1000 Hz.
 Test data: --test-records hard-mode records of 6-60 s at the same rates, ectopic beats anywhere in the record.
 Every model is trained by the same loop for the same epochs (the package's crops and sample-budget batches,
-lead-set masking, weighted BCE, AdamW with warm-up and cosine decay), then run on the test records of every lead
+lead-set masking, weighted BCE, train.py's AdamW: no decay on biases, gains, A_log and D; warm-up and cosine
+decay), then run on the test records of every lead
 set with the package's inference, each lead set as its own model (the shared network sliced, BatchNorm statistics
 re-estimated for it; `mixed BN` keeps the shared statistics). Readings: `whole` (the record in one pass),
 `windows` (half-overlapping 8.2 s windows, averaged), `mixed BN` (whole, without re-estimated statistics), and
@@ -18,7 +19,7 @@ PAC, PVC, SA and AF, and the rhythm-class and SA AUPRC of records of 10 s or les
 --short-test-records more of 6-10 s: the main set alone holds too few) and of test records longer than 20 s. Each
 trained network's weights are saved in --work as SPEC.pt.
 A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, the training settings `crop`
-(`variable` or `window`), `max_crop_seconds` and `batch_size` (in windows), and the preprocessing's `scaling`, e.g.
+(`variable` or `window`), `max_crop_seconds`, `batch_size` (in windows) and `weight_decay`, and the preprocessing's `scaling`, e.g.
 `small:pooling=mean,position=none,crop=window,scaling=record`.
 """
 
@@ -49,8 +50,8 @@ from ecgmamba.records import LEAD_SETS, TWELVE_LEADS, read_header, read_signal, 
 from ecgmamba.scoring import encode_labels, load_scoring  # noqa: E402
 from ecgmamba.synthetic import (AF, MIXED_RATE_WEIGHTS, MIXED_RATES, PAC, PVC, SA, generate_dataset,  # noqa: E402
                                 generate_record, write_record)
-from ecgmamba.train import (TrainConfig, WindowDataset, crop_plan, learning_rate, positive_weights,  # noqa: E402
-                            recalibrate_batchnorm, specialise)
+from ecgmamba.train import (TrainConfig, WindowDataset, crop_plan, learning_rate, make_optimizer,  # noqa: E402
+                            positive_weights, recalibrate_batchnorm, specialise)
 
 RHYTHM_CLASSES = {"PAC": PAC, "PVC": PVC, "SA": SA, "AF": AF}
 
@@ -94,7 +95,7 @@ class ResNet1D(nn.Module):
         return self.head(0.5 * (h.mean(-1) + h.amax(-1)))
 
 
-TRAINING_KEYS = ("crop", "max_crop_seconds", "batch_size")
+TRAINING_KEYS = ("crop", "max_crop_seconds", "batch_size", "weight_decay")
 PREPROCESS_KEYS = ("scaling",)
 
 
@@ -130,12 +131,13 @@ def write_test_set(directory, n, seed, seconds=(6.0, 60.0), prefix="HARDTE"):
 def train(model, cache, preprocess, epochs, config, lr):
     dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS,
                             config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    optimizer = make_optimizer(model, lr, config.weight_decay)
     pos_weight = positive_weights(cache.labels)
     plan = crop_plan(config, preprocess, cache.lengths, (0, 1, 0))
     total = max(1, sum(len(plan(epoch)) for epoch in range(epochs)))
     step = 0
     for epoch in range(epochs):
+        torch.manual_seed(config.seed * 100003 + epoch)  # as train.py: drop-path draws per epoch, resumable
         dataset.set_epoch(epoch)
         model.train()
         loader = DataLoader(dataset, batch_sampler=plan(epoch))

@@ -519,6 +519,18 @@ def validation_scores(labels, probabilities):
     return macro_auroc, macro_auprc
 
 
+def make_optimizer(model, lr, weight_decay):
+    """AdamW that decays only matrices and kernels. Biases, norm gains, the SSM's A_log and D, the position
+    embedding and the class token are left alone, as mamba_ssm and Vim train them: decay would pull the step-size
+    bias (dt_proj.bias) towards 0, a large step, and so shorten how long the recurrence remembers."""
+    decay, no_decay = [], []
+    for pname, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) or "pos_embed" in pname
+         or "cls_token" in pname else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
 def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache, train_idx, val_idx, config,
                 preprocess, table, work, model_directory, ctx, timer):
     """Train `model` for up to `epochs`; returns the best model (by validation Challenge metric), on the device."""
@@ -530,12 +542,7 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     log_path = os.path.join(model_directory, "train_log.csv")
     model.to(device)
 
-    decay, no_decay = [], []
-    for pname, p in model.named_parameters():
-        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) or "pos_embed" in pname
-         or "cls_token" in pname else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
     # fp16 has too little range for small gradients: the scaler multiplies the loss and skips steps that overflow.
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     dataset = WindowDataset(cache, train_idx, preprocess.window_samples, leads, mask_lead_sets, config.seed)

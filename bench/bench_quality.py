@@ -19,7 +19,8 @@ PAC, PVC, SA and AF, and the rhythm-class and SA AUPRC of records of 10 s or les
 --short-test-records more of 6-10 s: the main set alone holds too few) and of test records longer than 20 s. Each
 trained network's weights are saved in --work as SPEC.pt.
 A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, the training settings `crop`
-(`variable` or `window`), `max_crop_seconds`, `batch_size` (in windows) and `weight_decay`, and the preprocessing's `scaling`, e.g.
+(`variable` or `window`), `max_crop_seconds`, `batch_size` (in windows), `weight_decay` and `weight_decay_scope`,
+and the preprocessing's `scaling`, e.g.
 `small:pooling=mean,position=none,crop=window,scaling=record`.
 """
 
@@ -95,7 +96,7 @@ class ResNet1D(nn.Module):
         return self.head(0.5 * (h.mean(-1) + h.amax(-1)))
 
 
-TRAINING_KEYS = ("crop", "max_crop_seconds", "batch_size", "weight_decay")
+TRAINING_KEYS = ("crop", "max_crop_seconds", "batch_size", "weight_decay", "weight_decay_scope")
 PREPROCESS_KEYS = ("scaling",)
 
 
@@ -131,7 +132,7 @@ def write_test_set(directory, n, seed, seconds=(6.0, 60.0), prefix="HARDTE"):
 def train(model, cache, preprocess, epochs, config, lr):
     dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS,
                             config.seed)
-    optimizer = make_optimizer(model, lr, config.weight_decay)
+    optimizer = make_optimizer(model, lr, config.weight_decay, config.weight_decay_scope)
     pos_weight = positive_weights(cache.labels)
     plan = crop_plan(config, preprocess, cache.lengths, (0, 1, 0))
     total = max(1, sum(len(plan(epoch)) for epoch in range(epochs)))

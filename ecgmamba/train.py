@@ -58,6 +58,7 @@ class TrainConfig:
     batch_size: int = 0              # 0: the preset's default (paper 32, small 16)
     lr: float = 0.0                  # 0: the preset's default (paper 1e-3, small 3e-3)
     weight_decay: float = 0.05
+    weight_decay_scope: str = "matrices"  # "matrices": not biases, gains, A_log, D (as mamba_ssm); "all": every one
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
     patience: int = 10               # epochs without validation improvement before stopping
@@ -99,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"strategy must be 'shared' or 'separate', not {c.strategy!r}")
         if c.loss not in ("weighted_bce", "asymmetric"):
             raise ValueError(f"loss must be 'weighted_bce' or 'asymmetric', not {c.loss!r}")
+        if c.weight_decay_scope not in ("matrices", "all"):
+            raise ValueError(f"weight_decay_scope must be 'matrices' or 'all', not {c.weight_decay_scope!r}")
         if c.crop not in ("variable", "window"):
             raise ValueError(f"crop must be 'variable' or 'window', not {c.crop!r}")
         return c
@@ -519,14 +522,17 @@ def validation_scores(labels, probabilities):
     return macro_auroc, macro_auprc
 
 
-def make_optimizer(model, lr, weight_decay):
-    """AdamW that decays only matrices and kernels. Biases, norm gains, the SSM's A_log and D, the position
-    embedding and the class token are left alone, as mamba_ssm and Vim train them: decay would pull the step-size
-    bias (dt_proj.bias) towards 0, a large step, and so shorten how long the recurrence remembers."""
+def make_optimizer(model, lr, weight_decay, scope="matrices"):
+    """AdamW. scope "matrices" decays only matrices and kernels: biases, norm gains, the SSM's A_log and D, the
+    position embedding and the class token are left alone, as mamba_ssm and Vim train them (decay pulls the
+    step-size bias dt_proj.bias towards 0, a large step, and so shortens how long the recurrence remembers).
+    scope "all" decays every parameter."""
+    if scope not in ("matrices", "all"):
+        raise ValueError(f"weight_decay_scope must be 'matrices' or 'all', not {scope!r}")
     decay, no_decay = [], []
     for pname, p in model.named_parameters():
-        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) or "pos_embed" in pname
-         or "cls_token" in pname else decay).append(p)
+        (no_decay if scope == "matrices" and (p.dim() < 2 or getattr(p, "_no_weight_decay", False)
+                                              or "pos_embed" in pname or "cls_token" in pname) else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
@@ -542,7 +548,7 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     log_path = os.path.join(model_directory, "train_log.csv")
     model.to(device)
 
-    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, config.weight_decay_scope)
     # fp16 has too little range for small gradients: the scaler multiplies the loss and skips steps that overflow.
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     dataset = WindowDataset(cache, train_idx, preprocess.window_samples, leads, mask_lead_sets, config.seed)

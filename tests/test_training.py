@@ -18,7 +18,8 @@ import helper_code
 from ecgmamba.records import LEAD_SETS
 from ecgmamba.reduced_leads import write_reduced_copy
 from ecgmamba.synthetic import generate_dataset
-from ecgmamba.train import TrainConfig, load_train_config
+from ecgmamba.model import ECGMamba, preset_config
+from ecgmamba.train import TrainConfig, load_train_config, make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = {"d_model": 16, "depth": 1, "d_state": 4, "stem_channels": 8, "num_samples": 512}
@@ -199,6 +200,21 @@ def test_settings_from_file_and_environment(tmp_path):
         load_train_config(str(tmp_path), {})
     with pytest.raises(ValueError, match="ECGMAMBA_EPOCHS"):
         load_train_config(str(tmp_path / "none"), {"ECGMAMBA_EPOCHS": "many"})
+
+
+def test_weight_decay_spares_biases_gains_and_the_ssm_decay_unless_told_otherwise():
+    model = ECGMamba(preset_config("small", num_classes=3, **TINY_MODEL))
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def decayed(optimizer):
+        return {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+
+    spared = {n for n, p in model.named_parameters() if p.dim() < 2 or n.endswith(("A_log", "A_b_log", ".D", ".D_b"))}
+    assert any(n.endswith("dt_proj.bias") for n in spared) and any(n.endswith("A_log") for n in spared)
+    assert decayed(make_optimizer(model, 1e-3, 0.05)) == {n for n, _ in model.named_parameters()} - spared
+    assert decayed(make_optimizer(model, 1e-3, 0.05, "all")) == {n for n, _ in model.named_parameters()}
+    with pytest.raises(ValueError, match="weight_decay_scope"):
+        TrainConfig(weight_decay_scope="some").resolved()
 
 
 def test_empty_or_unlabelled_folder_fails_fast(tmp_path):

@@ -8,8 +8,8 @@
 Training data: --train-records hard-mode records (ecgmamba.synthetic, hard=True) of 10 s at 257/500/1000 Hz.
 Test data: --test-records hard-mode records of 6-60 s at the same rates, ectopic beats anywhere in the record.
 Every model is trained by the same loop for the same epochs (the package's crops and sample-budget batches,
-lead-set masking, weighted BCE, train.py's AdamW: no decay on biases, gains, A_log and D; warm-up and cosine
-decay), then run on the test records of every lead
+lead-set masking, weighted BCE, train.py's AdamW with the preset's weight-decay scope (the ResNet's: matrices
+only); warm-up and cosine decay), then run on the test records of every lead
 set with the package's inference, each lead set as its own model (the shared network sliced, BatchNorm statistics
 re-estimated for it; `mixed BN` keeps the shared statistics). Readings: `whole` (the record in one pass),
 `windows` (half-overlapping 8.2 s windows, averaged), `mixed BN` (whole, without re-estimated statistics), and
@@ -109,8 +109,8 @@ def build_model(spec, num_classes):
         values[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
     training = {k: values.pop(k) for k in TRAINING_KEYS if k in values}
     preprocessing = {k: values.pop(k) for k in PREPROCESS_KEYS if k in values}
-    if preset == "resnet":
-        return ResNet1D(num_classes=num_classes), "small", training, preprocessing
+    if preset == "resnet":  # trained at 250 Hz like small, but decaying matrices only, as it was measured
+        return ResNet1D(num_classes=num_classes), "small", {"weight_decay_scope": "matrices", **training}, preprocessing
     return ECGMamba(preset_config(preset, num_classes=num_classes, **values)), preset, training, preprocessing
 
 
@@ -305,7 +305,8 @@ def main():
         fs = PRESET_SAMPLING_RATES[preset]
         window = model.config.num_samples if hasattr(model.config, "num_samples") else preset_config(preset).num_samples
         preprocess = PreprocessConfig(target_fs=fs, window_samples=window, **preprocessing)
-        config = TrainConfig(**{"batch_size": args.batch_size, "seed": args.seed, **training})
+        config = TrainConfig(**{"preset": preset, "device": "cpu", "batch_size": args.batch_size, "seed": args.seed,
+                                **training}).resolved()
         cache = build_cache(train_dir, os.path.join(args.work, f"cache_{fs}_{window}_{preprocess.scaling}"),
                             preprocess, table,
                             max_seconds=60.0, progress=False, log=lambda message: None)

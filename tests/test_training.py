@@ -202,7 +202,7 @@ def test_settings_from_file_and_environment(tmp_path):
         load_train_config(str(tmp_path / "none"), {"ECGMAMBA_EPOCHS": "many"})
 
 
-def test_weight_decay_spares_biases_gains_and_the_ssm_decay_unless_told_otherwise():
+def test_weight_decay_scope_matrices_spares_biases_gains_and_the_ssm_decay_small_decays_all():
     model = ECGMamba(preset_config("small", num_classes=3, **TINY_MODEL))
     names = {id(p): n for n, p in model.named_parameters()}
 
@@ -213,6 +213,9 @@ def test_weight_decay_spares_biases_gains_and_the_ssm_decay_unless_told_otherwis
     assert any(n.endswith("dt_proj.bias") for n in spared) and any(n.endswith("A_log") for n in spared)
     assert decayed(make_optimizer(model, 1e-3, 0.05)) == {n for n, _ in model.named_parameters()} - spared
     assert decayed(make_optimizer(model, 1e-3, 0.05, "all")) == {n for n, _ in model.named_parameters()}
+    assert TrainConfig(preset="small").resolved().weight_decay_scope == "all"
+    assert TrainConfig(preset="paper").resolved().weight_decay_scope == "matrices"
+    assert TrainConfig(preset="large", weight_decay_scope="all").resolved().weight_decay_scope == "all"
     with pytest.raises(ValueError, match="weight_decay_scope"):
         TrainConfig(weight_decay_scope="some").resolved()
 

@@ -215,7 +215,7 @@ def test_weight_decay_scope_matrices_spares_biases_gains_and_the_ssm_decay_small
     assert decayed(make_optimizer(model, 1e-3, 0.05, "all")) == {n for n, _ in model.named_parameters()}
     assert TrainConfig(preset="small").resolved().weight_decay_scope == "all"
     assert TrainConfig(preset="paper").resolved().weight_decay_scope == "matrices"
-    assert TrainConfig(preset="large", weight_decay_scope="all").resolved().weight_decay_scope == "all"
+    assert TrainConfig(preset="large", weight_decay_scope="matrices").resolved().weight_decay_scope == "matrices"
     with pytest.raises(ValueError, match="weight_decay_scope"):
         TrainConfig(weight_decay_scope="some").resolved()
 

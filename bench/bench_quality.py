@@ -17,7 +17,8 @@ re-estimated for it; `mixed BN` keeps the shared statistics). Readings: `whole` 
 Printed per model, reading and lead set: macro AUROC and AUPRC over the classes present, over the rhythm classes
 PAC, PVC, SA and AF, and the rhythm-class and SA AUPRC of records of 10 s or less (the test records' and
 --short-test-records more of 6-10 s: the main set alone holds too few) and of test records longer than 20 s. Each
-trained network's weights are saved in --work as SPEC.pt.
+trained network's weights are saved in --work as SPEC.pt. --train-eval N also prints the rhythm classes' AUPRC on N
+of the training records (12 leads): a class the network fits there but not on the test records is not generalised.
 A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, the training settings `crop`
 (`variable` or `window`), `max_crop_seconds`, `batch_size` (in windows), `weight_decay` and `weight_decay_scope`,
 and the preprocessing's `scaling`, e.g.
@@ -234,9 +235,9 @@ def evaluate(models, test_records, preprocess, table, reading, short_records=())
     return results
 
 
-def read_test_set(directory, preprocess):
+def read_test_set(directory, preprocess, limit=None):
     records = []
-    for name in sorted(f for f in os.listdir(directory) if f.endswith(".hea")):
+    for name in sorted(f for f in os.listdir(directory) if f.endswith(".hea"))[:limit]:
         header = read_header(os.path.join(directory, name))
         signal = select_leads(read_signal(os.path.join(directory, name[:-4] + ".mat"), header), header.leads,
                               TWELVE_LEADS)
@@ -244,6 +245,22 @@ def read_test_set(directory, preprocess):
                         "signal": preprocess_recording(signal, header.fs, preprocess),
                         "raw": signal if preprocess.scaling == "record" else None, "fs": header.fs})
     return records
+
+
+def training_fit(network, train_dir, n, preprocess, table):
+    """The rhythm classes' AUPRC on n of the network's own training records (12 leads, whole reading): next to the
+    test figures, it says whether a class is not learnt or learnt and not generalised."""
+    records = read_test_set(train_dir, preprocess, limit=n)
+    labels = encode_labels([r["labels"] for r in records], table)
+    config = reading_config(preprocess, "whole")
+    probabilities = np.concatenate([predict_many(network, [r["signal"] for r in records[i:i + 64]], config,
+                                                 torch.device("cpu")) for i in range(0, len(records), 64)])
+    _, _, _, auprc = compute_auc(labels, probabilities)
+    parts = []
+    for name, code in RHYTHM_CLASSES.items():
+        j = next(i for i, c in enumerate(table.class_codes) if code in c.split("|"))
+        parts.append(f"{name} {auprc[j]:.3f}")
+    return f"AUPRC on {len(records)} of its training records, 12 leads: " + ", ".join(parts)
 
 
 def evidence_hits(model, test_records, events, preprocess, table, tolerance=0.3):
@@ -279,6 +296,8 @@ def main():
     parser.add_argument("--readings", nargs="+", default=list(READINGS), choices=READINGS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="/tmp/ecgmamba_bench_quality")
+    parser.add_argument("--train-eval", type=int, default=0,
+                        help="also read the first N training records with the 12-lead network: how far it fits them")
     parser.add_argument("--out", help="also write the Markdown table here")
     args = parser.parse_args()
     table = load_scoring("2021")
@@ -330,6 +349,9 @@ def main():
             with open(os.path.join(args.work, "test_events.json")) as f:
                 events = json.load(f)
             network, _ = models(TWELVE_LEADS)
+            if args.train_eval:
+                notes.append(f"{spec}: " + training_fit(network, train_dir, args.train_eval, preprocess, table))
+                print(notes[-1], flush=True)
             for name, (hits, total) in evidence_hits(network, test_records, events, preprocess, table).items():
                 notes.append(f"{spec}: strongest {name} evidence within 0.3 s of a marked ectopic beat in {hits} of "
                              f"{total} {name} records ({100 * hits / max(total, 1):.0f} %), 12 leads")

@@ -97,7 +97,8 @@ class ResNet1D(nn.Module):
         return self.head(0.5 * (h.mean(-1) + h.amax(-1)))
 
 
-TRAINING_KEYS = ("crop", "max_crop_seconds", "batch_size", "weight_decay", "weight_decay_scope")
+TRAINING_KEYS = ("crop", "max_crop_seconds", "batch_size", "weight_decay", "weight_decay_scope", "noise_augment",
+                 "wander_augment")
 PREPROCESS_KEYS = ("scaling",)
 
 
@@ -132,7 +133,7 @@ def write_test_set(directory, n, seed, seconds=(6.0, 60.0), prefix="HARDTE"):
 
 def train(model, cache, preprocess, epochs, config, lr):
     dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS,
-                            config.seed)
+                            config.seed, config.noise_augment, config.wander_augment)
     optimizer = make_optimizer(model, lr, config.weight_decay, config.weight_decay_scope)
     pos_weight = positive_weights(cache.labels)
     plan = crop_plan(config, preprocess, cache.lengths, (0, 1, 0))

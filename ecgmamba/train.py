@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from ecgmamba import checkpoint
+from ecgmamba.augment import augment_crop
 from ecgmamba.cache import build_cache
 from ecgmamba.inference import autocast, model_file_stem, predict_cached, resolve_precision, save_lead_model
 from ecgmamba.metrics import compute_accuracy, compute_auc, compute_challenge_metric, compute_f_measure
@@ -76,6 +77,8 @@ class TrainConfig:
     crop: str = "variable"           # "variable": crops from the window up to max_crop_seconds, whole records where
                                      # shorter, batched by a sample budget; "window": crops of the window only
     max_crop_seconds: float = 30.0   # longest training crop ("variable")
+    noise_augment: float = 0.0       # training crops get white noise of std up to this x their RMS (augment.py)
+    wander_augment: float = 0.0      # and baseline wander of up to this x their RMS per lead; 0: none
     bn_recalibration_records: int = 512  # shared strategy: per lead set, BatchNorm statistics re-estimated on this
                                      # many training records seen with those leads (0: keep the mixed statistics)
     seed: int = 0
@@ -109,6 +112,10 @@ class TrainConfig:
             raise ValueError(f"weight_decay_scope must be 'matrices' or 'all', not {c.weight_decay_scope!r}")
         if c.crop not in ("variable", "window"):
             raise ValueError(f"crop must be 'variable' or 'window', not {c.crop!r}")
+        for name in ("noise_augment", "wander_augment"):
+            if not 0 <= getattr(c, name) <= 10:  # also refuses NaN
+                raise ValueError(f"{name} must be between 0 and 10 (a fraction of the crop's RMS), "
+                                 f"not {getattr(c, name)!r}")
         return c
 
 
@@ -153,8 +160,9 @@ class WindowDataset(Dataset):
     epoch, record), not from a global generator, so any worker layout and any resume point give the same batches.
     """
 
-    def __init__(self, cache, indices, window, leads, mask_lead_sets=None, seed=0):
+    def __init__(self, cache, indices, window, leads, mask_lead_sets=None, seed=0, noise=0.0, wander=0.0):
         self.cache, self.indices, self.window = cache, np.asarray(indices), window
+        self.noise, self.wander = noise, wander
         self.leads = tuple(leads)
         self.masks = None
         if mask_lead_sets:
@@ -175,6 +183,7 @@ class WindowDataset(Dataset):
         start = int(rng.integers(0, max(1, available - length + 1)))
         present = None if self.masks is None else self.masks[rng.integers(len(self.masks))]
         crop = self.cache.model_input(record, self.leads, present, start, length)
+        crop = augment_crop(crop, rng, self.cache.preprocess.target_fs, self.noise, self.wander)
         # float16 halves the shared memory and host-to-GPU traffic; exact for the cache's own float16 values
         # (with "record" scaling, a rounding of about 5e-4 relative after the division)
         x = np.zeros((len(self.leads), max(length, self.window)), dtype=np.float16)
@@ -556,7 +565,8 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     optimizer = make_optimizer(model, config.lr, config.weight_decay, config.weight_decay_scope)
     # fp16 has too little range for small gradients: the scaler multiplies the loss and skips steps that overflow.
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    dataset = WindowDataset(cache, train_idx, preprocess.window_samples, leads, mask_lead_sets, config.seed)
+    dataset = WindowDataset(cache, train_idx, preprocess.window_samples, leads, mask_lead_sets, config.seed,
+                            config.noise_augment, config.wander_augment)
     plan = crop_plan(config, preprocess, cache.lengths[train_idx], ctx)
     total_steps = max(1, sum(len(plan(epoch)) for epoch in range(epochs)))
     pos_weight = positive_weights(cache.labels[train_idx]).to(device)

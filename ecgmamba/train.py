@@ -183,7 +183,7 @@ class WindowDataset(Dataset):
         start = int(rng.integers(0, max(1, available - length + 1)))
         present = None if self.masks is None else self.masks[rng.integers(len(self.masks))]
         crop = self.cache.model_input(record, self.leads, present, start, length)
-        crop = augment_crop(crop, rng, self.cache.preprocess.target_fs, self.noise, self.wander)
+        crop = augment_crop(crop, rng, self.cache.preprocess, self.noise, self.wander)
         # float16 halves the shared memory and host-to-GPU traffic; exact for the cache's own float16 values
         # (with "record" scaling, a rounding of about 5e-4 relative after the division)
         x = np.zeros((len(self.leads), max(length, self.window)), dtype=np.float16)

@@ -11,15 +11,12 @@ wander kept to what the 0.5 Hz high-pass lets through; noise the model never mee
 nothing. Sizes are relative to the crop's own RMS, so they mean the same under every scaling.
 """
 
-import functools
-
 import numpy as np
 import scipy.signal
 
 from ecgmamba.preprocess import PreprocessConfig, bandpass_sos
 
 WANDER_HZ = (0.3, 1.0)  # below 0.3 Hz the 0.5 Hz high-pass (order 4, both directions) leaves under 2 %
-band_sos = functools.lru_cache(maxsize=8)(bandpass_sos)
 
 
 def augment_crop(crop, rng, preprocess=PreprocessConfig(), noise=0.0, wander=0.0):
@@ -31,13 +28,13 @@ def augment_crop(crop, rng, preprocess=PreprocessConfig(), noise=0.0, wander=0.0
         return crop
     present = np.any(crop != 0, axis=1)
     leads, n = crop.shape
-    if not present.any() or n < 2:
+    if not present.any() or n < 2:  # a one-sample crop has no spread to size the noise by
         return crop
     rms = float(np.sqrt(np.mean(np.square(crop[present], dtype=np.float64))))
     added = np.zeros((leads, n), dtype=np.float64)
     if noise > 0:
         white = rng.standard_normal((leads, n))
-        coloured = scipy.signal.sosfilt(band_sos(preprocess), white, axis=1)
+        coloured = scipy.signal.sosfilt(bandpass_sos(preprocess), white, axis=1)
         added += coloured * (rng.uniform(0, noise) * rms / max(float(coloured.std()), 1e-12))
     if wander > 0:
         t = np.arange(n) / preprocess.target_fs

@@ -7,6 +7,7 @@ inference reproduces training exactly.
 """
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -157,8 +158,10 @@ def resampled_length(num_samples, fs, target_fs):
     return -(-num_samples * up // down)
 
 
+@functools.lru_cache(maxsize=8)
 def bandpass_sos(config):
-    """Second-order sections of the Butterworth band-pass at the model rate (SOS keeps the 0.5 Hz edge stable)."""
+    """Second-order sections of the Butterworth band-pass at the model rate (SOS keeps the 0.5 Hz edge stable).
+    Cached: every record, and every augmented training crop, uses the same few filters."""
     return scipy.signal.butter(
         config.filter_order,
         [config.low_cut_hz, config.high_cut_hz],

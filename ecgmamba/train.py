@@ -77,7 +77,7 @@ class TrainConfig:
     crop: str = "variable"           # "variable": crops from the window up to max_crop_seconds, whole records where
                                      # shorter, batched by a sample budget; "window": crops of the window only
     max_crop_seconds: float = 30.0   # longest training crop ("variable")
-    noise_augment: float = 0.0       # training crops get white noise of std up to this x their RMS (augment.py)
+    noise_augment: float = 0.0       # training crops get band-passed noise, std up to this x their RMS (augment.py)
     wander_augment: float = 0.0      # and baseline wander of up to this x their RMS per lead; 0: none
     bn_recalibration_records: int = 512  # shared strategy: per lead set, BatchNorm statistics re-estimated on this
                                      # many training records seen with those leads (0: keep the mixed statistics)

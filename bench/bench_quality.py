@@ -4,6 +4,7 @@
     python bench/bench_quality.py [--train-records 2000] [--test-records 500] [--short-test-records 300] [--epochs 30]
                                   [--models small resnet small:pooling=mean small:crop=window ...]
                                   [--readings whole windows ...] [--work DIR] [--out FILE]
+                                  [--seed N] [--train-seed N]
 
 Training data: --train-records hard-mode records (ecgmamba.synthetic, hard=True) of 10 s at 257/500/1000 Hz.
 Test data: --test-records hard-mode records of 6-60 s at the same rates, ectopic beats anywhere in the record.
@@ -17,8 +18,10 @@ re-estimated for it; `mixed BN` keeps the shared statistics). Readings: `whole` 
 Printed per model, reading and lead set: macro AUROC and AUPRC over the classes present, over the rhythm classes
 PAC, PVC, SA and AF, and the rhythm-class and SA AUPRC of records of 10 s or less (the test records' and
 --short-test-records more of 6-10 s: the main set alone holds too few) and of test records longer than 20 s. Each
-trained network's weights are saved in --work as SPEC.pt. --train-eval N also prints the rhythm classes' AUPRC on N
-of the training records (12 leads): a class the network fits there but not on the test records is not generalised.
+trained network's weights are saved in --work as SPEC.pt (SPEC.seedN.pt for a --train-seed other than --seed). The
+generated data stays in --work for the next run, described in its data.json; a run asking for other data stops.
+--train-eval N also prints the rhythm classes' AUPRC on N of the training records (12 leads): a class the network
+fits there but not on the test records is not generalised.
 A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, the training settings `crop`
 (`variable` or `window`), `max_crop_seconds`, `batch_size` (in windows), `weight_decay` and `weight_decay_scope`,
 and the preprocessing's `scaling`, e.g.
@@ -285,6 +288,26 @@ def evidence_hits(model, test_records, events, preprocess, table, tolerance=0.3)
     return out
 
 
+def check_work_data(args):
+    """A work folder keeps its generated data between runs; asking it for other data must fail, not reuse it."""
+    wanted = {"seed": args.seed, "train_records": args.train_records, "test_records": args.test_records}
+    path = os.path.join(args.work, "data.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            held = json.load(f)
+        held = {key: held.get(key) for key in wanted}
+        if held != wanted:
+            sys.exit(f"{args.work} holds data generated with {held}, not {wanted}: use another --work "
+                     f"(--train-seed repeats a model on the same data)")
+    elif os.path.isdir(os.path.join(args.work, "train")):
+        sys.exit(f"{args.work} holds data from an older run with no data.json: write one naming its seed, "
+                 f"train_records and test_records, or use another --work")
+    else:
+        os.makedirs(args.work, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(wanted, f)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-records", type=int, default=2000)
@@ -295,13 +318,18 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=["small", "resnet"])
     parser.add_argument("--readings", nargs="+", default=list(READINGS), choices=READINGS)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument("--train-seed", type=int,
+                        help="seed of initialisation, crops and augmentation (default --seed): repeat a model on the "
+                             "same data to see its spread")
     parser.add_argument("--work", default="/tmp/ecgmamba_bench_quality")
     parser.add_argument("--train-eval", type=int, default=0,
                         help="also read the first N training records with the 12-lead network: how far it fits them")
     parser.add_argument("--out", help="also write the Markdown table here")
     args = parser.parse_args()
+    train_seed = args.seed if args.train_seed is None else args.train_seed
     table = load_scoring("2021")
+    check_work_data(args)
     train_dir, test_dir = os.path.join(args.work, "train"), os.path.join(args.work, "test")
     if not os.path.isdir(train_dir):
         generate_dataset(train_dir, args.train_records, seed=args.seed, fs="mixed", prefix="HARDTR", hard=True)
@@ -315,17 +343,17 @@ def main():
 
     lines = [f"Hard benchmark: {args.train_records} training records (10 s), {args.test_records} test records "
              f"(6-60 s) and {args.short_test_records} more of 6-10 s for the short-record columns, {args.epochs} epochs, batch budget {args.batch_size} windows, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads.", "",
+             f"{torch.get_num_threads()} threads, data seed {args.seed}, training seed {train_seed}.", "",
              "| model | params | train s | reading | leads | AUROC | AUPRC | rhythm AUROC | rhythm AUPRC | PAC | PVC | SA "
              "| AF | rhythm AUPRC <=10 s | rhythm AUPRC >20 s | SA <=10 s | SA >20 s |", "|---|---:|---:|---|---:|" + "---:|" * 12]
     notes = []
     for spec in args.models:
-        torch.manual_seed(args.seed)
+        torch.manual_seed(train_seed)
         model, preset, training, preprocessing = build_model(spec, table.num_classes)
         fs = PRESET_SAMPLING_RATES[preset]
         window = model.config.num_samples if hasattr(model.config, "num_samples") else preset_config(preset).num_samples
         preprocess = PreprocessConfig(target_fs=fs, window_samples=window, **preprocessing)
-        config = TrainConfig(**{"preset": preset, "device": "cpu", "batch_size": args.batch_size, "seed": args.seed,
+        config = TrainConfig(**{"preset": preset, "device": "cpu", "batch_size": args.batch_size, "seed": train_seed,
                                 **training}).resolved()
         cache = build_cache(train_dir, os.path.join(args.work, f"cache_{fs}_{window}_{preprocess.scaling}"),
                             preprocess, table,
@@ -335,7 +363,8 @@ def main():
         started = time.perf_counter()
         train(model, cache, preprocess, args.epochs, config, lr)
         seconds = time.perf_counter() - started
-        torch.save(model.state_dict(), os.path.join(args.work, re.sub(r"[^\w.=,-]+", "_", spec) + ".pt"))
+        name = re.sub(r"[^\w.=,-]+", "_", spec) + (f".seed{train_seed}" if train_seed != args.seed else "")
+        torch.save(model.state_dict(), os.path.join(args.work, name + ".pt"))
         models = LeadSetModels(model, cache, preprocess, config)
         readings = args.readings if isinstance(model, ECGMamba) else [r for r in args.readings if r != "mixed BN"]
         for reading in readings:

@@ -83,3 +83,6 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     assert len(list((tmp_path / "work" / "test_short_6").glob("*.hea"))) == 6
     assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1.pt").exists()
     assert (tmp_path / "work" / "resnet.pt").exists()
+    other = run([sys.executable, "bench/bench_quality.py", "--train-records", "24", "--test-records", "12",
+                 "--seed", "1", "--work", str(tmp_path / "work")])
+    assert other.returncode != 0 and "holds data generated with" in other.stderr   # not a silent reuse

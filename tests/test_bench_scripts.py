@@ -78,6 +78,7 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
                   "--readings", "whole", "--train-eval", "10", "--work", str(tmp_path / "work"), "--out", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{spec}: AUPRC on 10 of its training records, 12 leads: PAC " in out.read_text()
+    assert f"{spec}: SA AUPRC by sinus rate (SA records of all), 12 leads: normal rate " in out.read_text()
     rows = [line for line in out.read_text().splitlines() if line.startswith(f"| {spec} |")]
     assert len(rows) == 5 and all(len(row.strip("|").split("|")) == 17 for row in rows)
     assert len(list((tmp_path / "work" / "test_short_6").glob("*.hea"))) == 6

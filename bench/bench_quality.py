@@ -199,6 +199,12 @@ class LeadSetModels:
         return self.networks[key], True
 
 
+def predict(network, signals, config):
+    """(records, classes) probabilities on the CPU, in calls of 64 records."""
+    return np.concatenate([predict_many(network, signals[i:i + 64], config, torch.device("cpu"))
+                           for i in range(0, len(signals), 64)])
+
+
 def evaluate(models, test_records, preprocess, table, reading, short_records=()):
     """{lead count: {metric: value}} on the test records, each lead set by its own model (LeadSetModels). The
     short-record column reads the test records of 10 s or less together with `short_records` (6-10 s): the main
@@ -207,8 +213,7 @@ def evaluate(models, test_records, preprocess, table, reading, short_records=())
     main = np.arange(len(test_records)) < len(test_records) - len(short_records)
     labels = encode_labels([r["labels"] for r in test_records], table)
     durations = np.array([r["seconds"] for r in test_records])
-    rhythm = [table.class_codes.index(next(c for c in table.class_codes if code in c.split("|")))
-              for code in RHYTHM_CLASSES.values()]
+    rhythm = [table.code_to_index()[code] for code in RHYTHM_CLASSES.values()]
     config = reading_config(preprocess, reading)
     lead_sets = [s for s in LEAD_SETS if len(s) in (12, 2)] if reading.startswith("chunks") else LEAD_SETS
     results = {}
@@ -224,8 +229,7 @@ def evaluate(models, test_records, preprocess, table, reading, short_records=())
                     x[rows] = y
         else:  # every step is per lead: the reduced record's preprocessing is the 12-lead one's rows
             signals = [r["signal"][rows] if sliced else r["signal"] * mask for r in test_records]
-        probabilities = np.concatenate([predict_many(network, signals[i:i + 64], config, torch.device("cpu"))
-                                        for i in range(0, len(signals), 64)])
+        probabilities = predict(network, signals, config)
         auroc, auprc, auroc_classes, auprc_classes = compute_auc(labels[main], probabilities[main])
         row = {"AUROC": auroc, "AUPRC": auprc,
                "rhythm AUROC": float(np.nanmean(auroc_classes[rhythm])),
@@ -259,12 +263,11 @@ def training_fit(network, train_dir, n, preprocess, table):
     records = read_test_set(train_dir, preprocess, limit=n)
     labels = encode_labels([r["labels"] for r in records], table)
     config = reading_config(preprocess, "whole")
-    probabilities = np.concatenate([predict_many(network, [r["signal"] for r in records[i:i + 64]], config,
-                                                 torch.device("cpu")) for i in range(0, len(records), 64)])
+    probabilities = predict(network, [r["signal"] for r in records], config)
     _, _, _, auprc = compute_auc(labels, probabilities)
     parts = []
     for name, code in RHYTHM_CLASSES.items():
-        j = next(i for i, c in enumerate(table.class_codes) if code in c.split("|"))
+        j = table.code_to_index()[code]
         parts.append(f"{name} {auprc[j]:.3f}")
     return f"AUPRC on {len(records)} of its training records, 12 leads: " + ", ".join(parts)
 
@@ -274,9 +277,8 @@ def sa_by_rate(network, test_records, preprocess, table):
     interval, so at 140 bpm the swings are a few tens of ms, under the token spacing: the rates tell apart a
     network that cannot time beats finely from one that has not learnt the pattern."""
     config = reading_config(preprocess, "whole")
-    probabilities = np.concatenate([predict_many(network, [r["signal"] for r in test_records[i:i + 64]], config,
-                                                 torch.device("cpu")) for i in range(0, len(test_records), 64)])
-    j = next(i for i, c in enumerate(table.class_codes) if SA in c.split("|"))
+    probabilities = predict(network, [r["signal"] for r in test_records], config)
+    j = table.code_to_index()[SA]
     parts = []
     for name, code in (("normal rate", SR), ("bradycardia", SB), ("tachycardia", STACH)):
         chosen = np.array([code in r["labels"] for r in test_records], dtype=bool)
@@ -296,7 +298,7 @@ def evidence_hits(model, test_records, events, preprocess, table, tolerance=0.3)
 
     out = {}
     for name, code, kind in (("PAC", PAC, "pac"), ("PVC", PVC, "pvc")):
-        j = next(i for i, c in enumerate(table.class_codes) if code in c.split("|"))
+        j = table.code_to_index()[code]
         hits = total = 0
         for record in test_records:
             beats = events.get(record["id"], {}).get(kind, [])

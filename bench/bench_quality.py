@@ -57,8 +57,9 @@ from ecgmamba.records import LEAD_SETS, TWELVE_LEADS, read_header, read_signal, 
 from ecgmamba.scoring import encode_labels, load_scoring  # noqa: E402
 from ecgmamba.synthetic import (AF, MIXED_RATE_WEIGHTS, MIXED_RATES, PAC, PVC, SA, SB, SR, STACH,  # noqa: E402
                                 generate_dataset, generate_record, write_record)
-from ecgmamba.train import (TrainConfig, WindowDataset, crop_plan, learning_rate, make_optimizer,  # noqa: E402
-                            positive_weights, recalibrate_batchnorm, specialise)
+from ecgmamba.augment import warp_keeps  # noqa: E402
+from ecgmamba.train import (TrainConfig, WindowDataset, classification_loss, crop_plan, learning_rate,  # noqa: E402
+                            make_optimizer, positive_weights, recalibrate_batchnorm, specialise)
 
 RHYTHM_CLASSES = {"PAC": PAC, "PVC": PVC, "SA": SA, "AF": AF}
 
@@ -103,7 +104,7 @@ class ResNet1D(nn.Module):
 
 
 TRAINING_KEYS = ("crop", "max_crop_seconds", "batch_size", "weight_decay", "weight_decay_scope", "noise_augment",
-                 "wander_augment")
+                 "wander_augment", "time_warp")
 PREPROCESS_KEYS = ("scaling",)
 
 
@@ -136,9 +137,10 @@ def write_test_set(directory, n, seed, seconds=(6.0, 60.0), prefix="HARDTE"):
     return events
 
 
-def train(model, cache, preprocess, epochs, config, lr):
+def train(model, cache, preprocess, epochs, config, lr, table):
     dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS,
-                            config.seed, config.noise_augment, config.wander_augment)
+                            config.seed, config.noise_augment, config.wander_augment, config.time_warp,
+                            warp_keeps(table))
     optimizer = make_optimizer(model, lr, config.weight_decay, config.weight_decay_scope)
     pos_weight = positive_weights(cache.labels)
     plan = crop_plan(config, preprocess, cache.lengths, (0, 1, 0))
@@ -153,7 +155,7 @@ def train(model, cache, preprocess, epochs, config, lr):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, lr, 0.05)
             logits = model(x.float(), valid) if isinstance(model, ECGMamba) else model(x.float())
-            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+            loss = classification_loss(logits, y, "weighted_bce", pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -385,7 +387,7 @@ def main():
         test_records, short_records = read_test_set(test_dir, preprocess), read_test_set(short_dir, preprocess)
         lr = 1e-3 if isinstance(model, ResNet1D) else 3e-3
         started = time.perf_counter()
-        train(model, cache, preprocess, args.epochs, config, lr)
+        train(model, cache, preprocess, args.epochs, config, lr, table)
         seconds = time.perf_counter() - started
         name = re.sub(r"[^\w.=,-]+", "_", spec) + (f".seed{train_seed}" if train_seed != args.seed else "")
         torch.save(model.state_dict(), os.path.join(args.work, name + ".pt"))

@@ -1,14 +1,22 @@
-"""Label-preserving training augmentation: new noise on the same beats.
+"""Training augmentation: new noise on the same beats, and time warps that supervise only what they keep.
 
 Sinus arrhythmia, PAC and PVC are read from beat timing, and the network can fit them on its training records
 by their waveforms instead (bench/RESULTS.md: training-record AUPRC 1.000, test 0.76 for sinus arrhythmia).
 Fresh noise and baseline wander on every presentation change the waveform and leave the timing untouched.
+Crops come from the cache already band-passed, so the added noise is band-passed the same way and the wander
+kept to what the 0.5 Hz high-pass lets through; noise the model never meets at inference would teach it nothing.
+Sizes are relative to the crop's own RMS, so they mean the same under every scaling.
 
-Nothing here changes timing or voltage: time warps and resampling move RR intervals and rates across the rhythm
-labels' thresholds, and amplitude scaling moves QRS voltages across the low-voltage label's (0.5 mV in the limb
-leads). Crops come from the cache already band-passed, so the added noise is band-passed the same way and the
-wander kept to what the 0.5 Hz high-pass lets through; noise the model never meets at inference would teach it
-nothing. Sizes are relative to the crop's own RMS, so they mean the same under every scaling.
+A time warp plays a record faster or slower: a sinus arrhythmia at 70 bpm becomes one at 90 or 55 bpm, with its
+breathing-driven RR modulation scaled with it, so the rhythm is shown at rates the training set has few of. It
+moves every interval, so rate, PR, QRS and QT labels (sinus tachycardia at 100 bpm, first-degree block at
+200 ms, bundle branch blocks at 120 ms, ...) can cross their thresholds, while findings defined by timing
+relative to the record's own rhythm keep theirs: a premature beat stays premature, irregularity stays
+irregular, and a modulation of 8 % of the RR interval stays 8 %. A warped crop is therefore supervised on
+WARP_KEEPS classes only (train.py's loss skips the others, which come back as NaN), and only WARP_SHARE of the
+crops are warped, so the other classes still see half of them. One assumption: sinus arrhythmia is sometimes
+defined by an absolute PP spread (120 ms), which a warp moves for records near that line. Amplitude scaling
+stays out, since it moves QRS voltages across the low-voltage label's 0.5 mV.
 """
 
 import numpy as np
@@ -17,6 +25,11 @@ import scipy.signal
 from ecgmamba.preprocess import PreprocessConfig, bandpass_sos
 
 WANDER_HZ = (0.3, 1.0)  # below 0.3 Hz the 0.5 Hz high-pass (order 4, both directions) leaves under 2 %
+WARP_SHARE = 0.5  # the fraction of crops warped when time_warp is on
+# Classes a time warp leaves true or false as they were: AF, atrial flutter, PAC and SVPB, PVC and VPB, sinus
+# arrhythmia (their SNOMED CT codes; classes joined with any of them count).
+WARP_KEEPS = {"164889003": "AF", "164890007": "AFL", "284470004": "PAC", "63593006": "SVPB",
+              "427172004": "PVC", "17338001": "VPB", "427393009": "SA"}
 
 
 def augment_crop(crop, rng, preprocess=PreprocessConfig(), noise=0.0, wander=0.0):
@@ -41,3 +54,37 @@ def augment_crop(crop, rng, preprocess=PreprocessConfig(), noise=0.0, wander=0.0
         sources = np.sin(2 * np.pi * rng.uniform(*WANDER_HZ, (2, 1)) * t + rng.uniform(0, 2 * np.pi, (2, 1)))
         added += rng.uniform(-0.5, 0.5, (leads, 2)) * (rng.uniform(0, wander) * rms) @ sources
     return (crop + added * present[:, None]).astype(np.float32)
+
+
+def warp_keeps(table):
+    """(C,) bool: the classes of the scoring `table` still supervised on a time-warped crop (WARP_KEEPS)."""
+    return np.array([any(code in WARP_KEEPS for code in codes) for codes in table.classes], dtype=bool)
+
+
+def draw_warp(rng, warp):
+    """A playback speed for one crop: 1.0 for 1 - WARP_SHARE of the draws, else log-uniform in
+    [1 / (1 + warp), 1 + warp] (as often faster as slower). With warp 0 `rng` is not used."""
+    if warp <= 0 or rng.random() >= WARP_SHARE:
+        return 1.0
+    return float(np.exp(rng.uniform(-1.0, 1.0) * np.log1p(warp)))
+
+
+def warp_span(length, speed):
+    """How many samples to read so that time_warp at `speed` gives `length`."""
+    return int(np.ceil((length - 1) * speed - 1e-9)) + 1
+
+
+def time_warp(crop, speed, max_length=None):
+    """crop (leads, n) played at `speed` (1.25: a rate 25 % faster, n / 1.25 samples), by linear interpolation,
+    cut to max_length samples (read warp_span of them to fill it). Absent (zero) leads stay zero; at the small
+    speeds used the band-passed content (under 50 Hz at 250 Hz) does not alias."""
+    leads, n = crop.shape
+    if speed == 1.0 or n < 2:
+        return crop[:, :max_length]
+    m = int(np.floor((n - 1) / speed + 1e-9)) + 1
+    if max_length is not None:
+        m = min(m, max_length)
+    position = np.arange(m) * speed
+    left = np.minimum(position.astype(np.int64), n - 2)
+    fraction = (position - left).astype(np.float32)
+    return (crop[:, left] * (1 - fraction) + crop[:, left + 1] * fraction).astype(np.float32)

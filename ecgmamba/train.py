@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from ecgmamba import checkpoint
-from ecgmamba.augment import augment_crop
+from ecgmamba.augment import augment_crop, draw_warp, time_warp, warp_keeps, warp_span
 from ecgmamba.cache import build_cache
 from ecgmamba.inference import autocast, model_file_stem, predict_cached, resolve_precision, save_lead_model
 from ecgmamba.metrics import compute_accuracy, compute_auc, compute_challenge_metric, compute_f_measure
@@ -79,6 +79,8 @@ class TrainConfig:
     max_crop_seconds: float = 30.0   # longest training crop ("variable")
     noise_augment: float = 0.0       # training crops get band-passed noise, std up to this x their RMS (augment.py)
     wander_augment: float = 0.0      # and baseline wander of up to this x their RMS per lead; 0: none
+    time_warp: float = 0.0           # half the crops played at a speed within [1/(1+w), 1+w] and supervised on the
+                                     # classes a warp keeps (AF, AFL, PAC, PVC, SA: augment.py); 0: none
     bn_recalibration_records: int = 512  # shared strategy: per lead set, BatchNorm statistics re-estimated on this
                                      # many training records seen with those leads (0: keep the mixed statistics)
     seed: int = 0
@@ -117,6 +119,8 @@ class TrainConfig:
             if not 0 <= getattr(c, name) <= 10:  # also refuses NaN
                 raise ValueError(f"{name} must be between 0 and 10 (a fraction of the crop's RMS), "
                                  f"not {getattr(c, name)!r}")
+        if not 0 <= c.time_warp <= 1:
+            raise ValueError(f"time_warp must be between 0 and 1 (speeds within [1/(1+w), 1+w]), not {c.time_warp!r}")
         return c
 
 
@@ -159,11 +163,17 @@ class WindowDataset(Dataset):
     is not pooled. The lead set is applied as inference would see it (SignalCache.model_input): absent leads
     zeroed and, with "record" scaling, the scale taken from the present leads only. Randomness comes from (seed,
     epoch, record), not from a global generator, so any worker layout and any resume point give the same batches.
+    With `warp`, some crops are played faster or slower (augment.py); their labels outside `warp_keeps` (bool per
+    class) come back as NaN, which classification_loss leaves out.
     """
 
-    def __init__(self, cache, indices, window, leads, mask_lead_sets=None, seed=0, noise=0.0, wander=0.0):
+    def __init__(self, cache, indices, window, leads, mask_lead_sets=None, seed=0, noise=0.0, wander=0.0, warp=0.0,
+                 warp_keeps=None):
         self.cache, self.indices, self.window = cache, np.asarray(indices), window
-        self.noise, self.wander = noise, wander
+        self.noise, self.wander, self.warp = noise, wander, warp
+        if warp > 0 and warp_keeps is None:
+            raise ValueError("a time warp needs warp_keeps: which classes a warped crop is still labelled with")
+        self.warp_keeps = warp_keeps
         self.leads = tuple(leads)
         self.masks = None
         if mask_lead_sets:
@@ -181,16 +191,21 @@ class WindowDataset(Dataset):
         record = int(self.indices[i])
         rng = np.random.default_rng((self.seed, self.epoch, record))
         available = int(self.cache.lengths[record])
-        start = int(rng.integers(0, max(1, available - length + 1)))
+        speed = draw_warp(rng, self.warp)
+        span = warp_span(length, speed)  # samples read to fill `length` after the warp
+        start = int(rng.integers(0, max(1, available - span + 1)))
         present = None if self.masks is None else self.masks[rng.integers(len(self.masks))]
-        crop = self.cache.model_input(record, self.leads, present, start, length)
+        crop = self.cache.model_input(record, self.leads, present, start, span)
+        crop = time_warp(crop, speed, length)
         crop = augment_crop(crop, rng, self.cache.preprocess, self.noise, self.wander)
+        labels = self.cache.labels[record].astype(np.float32)
+        if speed != 1.0:
+            labels[~self.warp_keeps] = np.nan
         # float16 halves the shared memory and host-to-GPU traffic; exact for the cache's own float16 values
         # (with "record" scaling, a rounding of about 5e-4 relative after the division)
         x = np.zeros((len(self.leads), max(length, self.window)), dtype=np.float16)
         x[:, :crop.shape[1]] = crop
-        return (torch.from_numpy(x), torch.from_numpy(self.cache.labels[record].astype(np.float32)),
-                torch.tensor(crop.shape[1]))
+        return torch.from_numpy(x), torch.from_numpy(labels), torch.tensor(crop.shape[1])
 
 
 def crop_batches(lengths, window, max_crop, budget, seed, epoch, rank=0, world=1, pool_batches=64):
@@ -332,13 +347,29 @@ def positive_weights(labels):
     return torch.tensor(np.clip(np.sqrt(ratio), 1.0, 30.0), dtype=torch.float32)
 
 
-def asymmetric_loss(logits, targets, gamma_neg=4.0, gamma_pos=1.0, clip=0.05):
+def asymmetric_loss(logits, targets, gamma_neg=4.0, gamma_pos=1.0, clip=0.05, supervised=None):
     """Asymmetric loss (Ridnik et al. 2021): down-weights the many easy negatives of multilabel data."""
     p = torch.sigmoid(logits)
     p_neg = (p - clip).clamp(min=0)
     loss_pos = targets * (1 - p) ** gamma_pos * F.logsigmoid(logits)
     loss_neg = (1 - targets) * p_neg ** gamma_neg * torch.log((1 - p_neg).clamp(min=1e-8))
-    return -(loss_pos + loss_neg).sum(1).mean()
+    loss = loss_pos + loss_neg
+    if supervised is not None:
+        loss = loss * supervised
+    return -loss.sum(1).mean()
+
+
+def classification_loss(logits, targets, kind="weighted_bce", pos_weight=None):
+    """The training loss; NaN targets (classes a time warp may have changed) add nothing. Weighted BCE averages
+    over the labels that are there, so it equals the plain mean when none are NaN; the asymmetric loss sums the
+    present ones per record, as it sums all of them."""
+    supervised = ~torch.isnan(targets)
+    targets = torch.where(supervised, targets, torch.zeros_like(targets))
+    supervised = supervised.to(logits.dtype)
+    if kind == "asymmetric":
+        return asymmetric_loss(logits, targets, supervised=supervised)
+    loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+    return (loss * supervised).sum() / supervised.sum().clamp(min=1.0)
 
 
 def learning_rate(step, total_steps, base_lr, warmup_fraction):
@@ -567,7 +598,7 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     # fp16 has too little range for small gradients: the scaler multiplies the loss and skips steps that overflow.
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     dataset = WindowDataset(cache, train_idx, preprocess.window_samples, leads, mask_lead_sets, config.seed,
-                            config.noise_augment, config.wander_augment)
+                            config.noise_augment, config.wander_augment, config.time_warp, warp_keeps(table))
     plan = crop_plan(config, preprocess, cache.lengths[train_idx], ctx)
     total_steps = max(1, sum(len(plan(epoch)) for epoch in range(epochs)))
     pos_weight = positive_weights(cache.labels[train_idx]).to(device)
@@ -620,10 +651,7 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
                 with autocast(device, config.precision):
                     logits = train_model(x, valid)
                 logits = logits.float()
-                if config.loss == "asymmetric":
-                    loss = asymmetric_loss(logits, y)
-                else:
-                    loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+                loss = classification_loss(logits, y, config.loss, pos_weight)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if config.grad_clip > 0:

@@ -1,15 +1,19 @@
 """Training augmentation: it adds noise and wander of the sizes asked for, keeps absent leads absent, never shifts
-timing, and leaves training bit-identical when off."""
+timing, and leaves training bit-identical when off; time warps change the speed asked for and hide the labels a
+warp may change from the loss."""
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
-from ecgmamba.augment import augment_crop
+from ecgmamba.augment import augment_crop, draw_warp, time_warp, warp_keeps, warp_span
 from ecgmamba.cache import build_cache
 from ecgmamba.preprocess import PreprocessConfig
 from ecgmamba.records import TWELVE_LEADS
+from ecgmamba.scoring import load_scoring
 from ecgmamba.synthetic import generate_dataset
-from ecgmamba.train import TrainConfig, WindowDataset
+from ecgmamba.train import TrainConfig, WindowDataset, asymmetric_loss, classification_loss
 
 FS = 250
 BAND = PreprocessConfig(target_fs=FS, window_samples=512)
@@ -97,3 +101,109 @@ def test_dataset_augments_reproducibly_and_not_when_off(tmp_path):
     first = noisy[(0, 1000)][0].numpy()
     noisy.set_epoch(1)
     assert not np.array_equal(noisy[(0, 1000)][0].numpy(), first)  # fresh noise every epoch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Time warps
+
+
+def test_a_warp_plays_the_crop_faster_or_slower():
+    t = np.arange(2500) / FS
+    crop = np.stack([np.sin(2 * np.pi * 3.0 * t), np.zeros_like(t)]).astype(np.float32)
+    for speed in (1.25, 0.8):
+        out = time_warp(crop, speed)
+        assert out.dtype == np.float32 and out.shape == (2, int(np.floor(2499 / speed)) + 1)
+        expected = np.sin(2 * np.pi * 3.0 * speed * np.arange(out.shape[1]) / FS)
+        assert np.abs(out[0] - expected).max() < 2e-3  # a 3 Hz wave is now a 3.75 (2.4) Hz one
+        assert not out[1].any()  # an absent lead stays absent
+    spikes = time_warp(beats(), 1.25)
+    peaks = np.flatnonzero(spikes[0] == spikes[0].max())
+    assert list(peaks) == list(range(0, spikes.shape[1], 160))  # beats 0.8 s apart are now 0.64 s apart
+    assert time_warp(crop, 1.0, 1000).shape == (2, 1000)
+
+
+def test_a_warp_fills_the_length_asked_for():
+    crop = beats(3000)
+    for speed in (0.77, 0.8, 0.9999, 1.0, 1.0001, 1.25, 1.3):
+        span = warp_span(2048, speed)
+        assert abs(span - 2048 * speed) < 2
+        assert time_warp(crop[:, :span], speed, 2048).shape == (12, 2048)
+    assert time_warp(crop[:, :2500], 1.25, 4000).shape == (12, 2000)  # a short record gives what it has
+
+
+def test_speeds_are_drawn_within_the_range_for_half_the_crops():
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    assert draw_warp(rng, 0.0) == 1.0 and rng.bit_generator.state == before
+    speeds = np.array([draw_warp(rng, 0.3) for _ in range(2000)])
+    warped = speeds[speeds != 1.0]
+    assert 0.45 < len(warped) / len(speeds) < 0.55
+    assert warped.min() >= 1 / 1.3 and warped.max() <= 1.3
+    assert 0.45 < np.mean(warped > 1) < 0.55 and warped.min() < 0.8 and warped.max() > 1.25
+
+
+def test_a_warp_keeps_the_rhythm_classes_only():
+    table = load_scoring("2021")
+    keeps = warp_keeps(table)
+    kept = sorted(table.class_abbreviations[i] for i in np.flatnonzero(keeps))
+    assert kept == ["AF", "AFL", "PAC|SVPB", "PVC|VPB", "SA"]
+    index = table.code_to_index()
+    for code in ("426783006", "426177001", "427084000", "270492004", "59118001", "164909002", "251146004"):
+        assert not keeps[index[code]]  # sinus rhythm, brady, tachy, first-degree block, RBBB, LBBB, low QRS voltage
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), 1.5])
+def test_bad_warps_are_refused(value):
+    with pytest.raises(ValueError, match="time_warp"):
+        TrainConfig(time_warp=value).resolved()
+
+
+def test_dataset_warps_half_the_crops_and_hides_the_labels_a_warp_may_change(tmp_path):
+    generate_dataset(str(tmp_path / "data"), 6, seed=4)
+    config = PreprocessConfig(target_fs=FS, window_samples=512)
+    cache = build_cache(str(tmp_path / "data"), str(tmp_path / "cache"), config, workers=1, progress=False,
+                        log=lambda message: None)
+    keeps = warp_keeps(load_scoring("2021"))
+    plain = WindowDataset(cache, np.arange(6), 512, TWELVE_LEADS, seed=7)
+    off = WindowDataset(cache, np.arange(6), 512, TWELVE_LEADS, seed=7, warp=0.0, warp_keeps=keeps)
+    warping = WindowDataset(cache, np.arange(6), 512, TWELVE_LEADS, seed=7, warp=0.3, warp_keeps=keeps)
+    with pytest.raises(ValueError, match="warp_keeps"):
+        WindowDataset(cache, np.arange(6), 512, TWELVE_LEADS, warp=0.3)
+    hidden = 0
+    for epoch in range(4):
+        for dataset in (plain, off, warping):
+            dataset.set_epoch(epoch)
+        for i in range(6):
+            x, labels, valid = plain[(i, 1000)]
+            assert np.array_equal(x.numpy(), off[(i, 1000)][0].numpy())  # off: the same crops as before
+            wx, wlabels, wvalid = warping[(i, 1000)]
+            assert np.array_equal(wx.numpy(), warping[(i, 1000)][0].numpy())  # reproducible
+            assert wx.shape == x.shape and 1 <= int(wvalid) <= 1000
+            nan = np.isnan(wlabels.numpy())
+            assert np.array_equal(wlabels.numpy()[~nan], labels.numpy()[~nan])
+            if nan.any():
+                assert np.array_equal(nan, ~keeps)
+                hidden += 1
+            else:  # an unwarped crop is a crop of the record as it is
+                whole = cache.model_input(i, TWELVE_LEADS).astype(np.float16)
+                assert any(np.array_equal(wx.numpy(), whole[:, s:s + 1000]) for s in range(whole.shape[1] - 999))
+    assert 4 <= hidden <= 20  # about half of the 24 crops
+
+
+def test_the_loss_leaves_out_nan_labels():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6, requires_grad=True)
+    targets = (torch.rand(4, 6) > 0.5).float()
+    pos_weight = torch.linspace(1, 3, 6)
+    plain = classification_loss(logits, targets, "weighted_bce", pos_weight)
+    assert torch.allclose(plain, F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight))
+    assert torch.allclose(classification_loss(logits, targets, "asymmetric"), asymmetric_loss(logits, targets))
+    hidden = targets.clone()
+    hidden[:2, 3:] = float("nan")
+    for kind in ("weighted_bce", "asymmetric"):
+        loss = classification_loss(logits, hidden, kind, pos_weight)
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert torch.isfinite(loss) and not grad[:2, 3:].any() and grad[2:].abs().min() > 0
+    present = ~torch.isnan(hidden)
+    elementwise = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+    assert torch.allclose(classification_loss(logits, hidden, "weighted_bce", pos_weight), elementwise[present].mean())

@@ -69,10 +69,10 @@ def test_rhythm_oracle_reads_the_spacing_of_conducted_beats_only():
 
 
 def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
-    """bench_quality trains both models (one with augmentation), reads the short-record set and saves the weights
+    """bench_quality trains both models (one with noise and time warps), reads the short-record set and saves the weights
     it measured."""
     out = tmp_path / "table.md"
-    spec = "small:depth=1,noise_augment=0.1"
+    spec = "small:depth=1,noise_augment=0.1,time_warp=0.3"
     result = run([sys.executable, "bench/bench_quality.py", "--train-records", "24", "--test-records", "12",
                   "--short-test-records", "6", "--epochs", "1", "--models", spec, "resnet",
                   "--readings", "whole", "--train-eval", "10", "--work", str(tmp_path / "work"), "--out", str(out)])
@@ -82,7 +82,7 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     rows = [line for line in out.read_text().splitlines() if line.startswith(f"| {spec} |")]
     assert len(rows) == 5 and all(len(row.strip("|").split("|")) == 17 for row in rows)
     assert len(list((tmp_path / "work" / "test_short_6").glob("*.hea"))) == 6
-    assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1.pt").exists()
+    assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1,time_warp=0.3.pt").exists()
     assert (tmp_path / "work" / "resnet.pt").exists()
     other = run([sys.executable, "bench/bench_quality.py", "--train-records", "24", "--test-records", "12",
                  "--seed", "1", "--work", str(tmp_path / "work")])

@@ -303,6 +303,23 @@ def test_nothing_leaves_the_training_device_between_the_first_epoch_and_the_save
     assert (meta["precision"], meta["precision_device"]) == ("bf16", "cpu")
 
 
+def test_time_warped_training_leaves_the_hidden_labels_out_of_a_finite_loss(tmp_path, data_dir, monkeypatch):
+    import ecgmamba.train as train
+
+    seen, real = [], train.classification_loss
+
+    def spy(logits, targets, kind, pos_weight=None):
+        loss = real(logits, targets, kind, pos_weight)
+        seen.append((int(torch.isnan(targets).any(1).sum()), len(targets), bool(torch.isfinite(loss))))
+        return loss
+
+    monkeypatch.setattr(train, "classification_loss", spy)
+    train.training_code(data_dir, str(tmp_path / "model"), tiny_config(time_warp=0.3, epochs=2))
+    warped, crops = sum(s[0] for s in seen), sum(s[1] for s in seen)
+    assert all(s[2] for s in seen) and 0.2 < warped / crops < 0.8  # about half the crops warped
+    assert all(math.isfinite(float(r["train_loss"])) for r in read_log(str(tmp_path / "model")))
+
+
 def test_precision_auto_picks_bf16_or_fp16_by_gpu_and_inference_reuses_the_tuned_precision(monkeypatch):
     from ecgmamba.inference import inference_precision, resolve_precision
 

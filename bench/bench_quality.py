@@ -117,8 +117,9 @@ def build_model(spec, num_classes):
         values[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
     training = {k: values.pop(k) for k in TRAINING_KEYS if k in values}
     preprocessing = {k: values.pop(k) for k in PREPROCESS_KEYS if k in values}
-    if preset == "resnet":  # trained at 250 Hz like small, but decaying matrices only, as it was measured
-        return ResNet1D(num_classes=num_classes), "small", {"weight_decay_scope": "matrices", **training}, preprocessing
+    if preset == "resnet":  # trained at 250 Hz like small, but decaying matrices only and unwarped, as it was measured
+        return (ResNet1D(num_classes=num_classes), "small", {"weight_decay_scope": "matrices", "time_warp": 0.0,
+                                                              **training}, preprocessing)
     return ECGMamba(preset_config(preset, num_classes=num_classes, **values)), preset, training, preprocessing
 
 

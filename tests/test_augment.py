@@ -152,6 +152,14 @@ def test_a_warp_keeps_the_rhythm_classes_only():
         assert not keeps[index[code]]  # sinus rhythm, brady, tachy, first-degree block, RBBB, LBBB, low QRS voltage
 
 
+def test_the_presets_choose_their_warp_and_a_setting_overrides_it():
+    assert TrainConfig(preset="small").resolved().time_warp == 0.3
+    assert TrainConfig(preset="large").resolved().time_warp == 0.3
+    assert TrainConfig(preset="paper").resolved().time_warp == 0.0  # the published recipe has none
+    assert TrainConfig(preset="small", time_warp=0).resolved().time_warp == 0.0
+    assert TrainConfig(preset="paper", time_warp=0.2).resolved().time_warp == 0.2
+
+
 @pytest.mark.parametrize("value", [-0.1, float("nan"), 1.5])
 def test_bad_warps_are_refused(value):
     with pytest.raises(ValueError, match="time_warp"):

@@ -9,8 +9,9 @@
 Training data: --train-records hard-mode records (ecgmamba.synthetic, hard=True) of 10 s at 257/500/1000 Hz.
 Test data: --test-records hard-mode records of 6-60 s at the same rates, ectopic beats anywhere in the record.
 Every model is trained by the same loop for the same epochs (the package's crops and sample-budget batches,
-lead-set masking, weighted BCE, train.py's AdamW with the preset's weight-decay scope (the ResNet's: matrices
-only); warm-up and cosine decay), then run on the test records of every lead
+lead-set masking, the preset's time warps (the ResNet's: none), weighted BCE leaving out what a warp hides,
+train.py's AdamW with the preset's weight-decay scope (the ResNet's: matrices only); warm-up and cosine decay),
+then run on the test records of every lead
 set with the package's inference, each lead set as its own model (the shared network sliced, BatchNorm statistics
 re-estimated for it; `mixed BN` keeps the shared statistics). Readings: `whole` (the record in one pass),
 `windows` (half-overlapping 8.2 s windows, averaged), `mixed BN` (whole, without re-estimated statistics), and
@@ -26,7 +27,7 @@ arrhythmia's AUPRC within each sinus rate (normal, bradycardia, tachycardia; 12 
 evidence lies.
 A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, the training settings `crop`
 (`variable` or `window`), `max_crop_seconds`, `batch_size` (in windows), `weight_decay` and `weight_decay_scope`,
-and the preprocessing's `scaling`, e.g.
+`noise_augment`, `wander_augment` and `time_warp`, and the preprocessing's `scaling`, e.g.
 `small:pooling=mean,position=none,crop=window,scaling=record`.
 """
 

@@ -1,13 +1,18 @@
 #!/usr/bin/env python
 """GPU rehearsal in one command: the CUDA paths' parity, their speed, and train_model.py end to end.
 
-    python bench/gpu_check.py [--stage torch|kernels] [--out gpu_check.md] [--records 2000] [--epochs 1]
+    python bench/gpu_check.py [--stage torch|kernels] [--out gpu_check.md] [--records 1000] [--epochs 1]
 
---stage torch (needs only torch; about 3 minutes on an H100/H200):
+--stage torch (needs only torch):
   1. the chunked PyTorch scan on CUDA against the CPU kernel (output and gradients, fp32 inputs and bf16 ones);
   2. its speed and peak memory at the paper preset's shape (batch 32, d_inner 768, d_state 16, 730 tokens);
-  3. `paper` training throughput (samples/s, peak memory) at batch 32 in bf16, and inference records/s per lead set;
-  4. train_model.py on --records synthetic records (paper preset, --epochs epochs), with its stage table.
+  3. `paper` (batch 32) and `large` (batch 64) training throughput and peak memory in bf16, with activation
+     checkpointing off and on, the probe's activation estimate, and inference records/s per lead set;
+  4. train_model.py on --records synthetic records (paper preset, --epochs epochs), with its stage table; its
+     output goes to train_model_<stage>.log beside --out as it runs.
+  On an H200 steps 1-3 took 2 min 45 s with checkpointing off only (2026-12-04): the chunked scan, 92 ms per
+  forward and backward at that shape, is 48 of those per `paper` step. Step 4 at 2,000 records did not end
+  within 7 minutes, hence 1,000 by default.
 --stage kernels: the same, after mamba-ssm and causal-conv1d were installed (scripts/gpu_check.sh builds them
   from carried source distributions), plus mamba-ssm's kernel against the CPU kernel (fp32 and bf16) and the
   chunked scan's speed relative to the kernel.
@@ -36,7 +41,7 @@ from ecgmamba.inference import autocast  # noqa: E402
 from ecgmamba.model import ECGMamba, backend_report, preset_config  # noqa: E402
 from ecgmamba.records import LEAD_SETS, TWELVE_LEADS  # noqa: E402
 from ecgmamba.synthetic import generate_dataset  # noqa: E402
-from ecgmamba.train import specialise  # noqa: E402
+from ecgmamba.train import activation_bytes, specialise  # noqa: E402
 
 
 def synchronize(device):
@@ -118,9 +123,14 @@ def scan_speed(fn, device, shape, dtype=torch.bfloat16):
     return f, fb, peak
 
 
-def model_throughput(preset, batch, device, precision, steps, overrides=None):
+def model_throughput(preset, batch, device, precision, steps, overrides=None, recompute=False):
+    """(training samples/s, peak GiB, the probe's estimate of the activations in GiB, {leads: inference
+    records/s}); recompute: activation checkpointing."""
     config = preset_config(preset, num_classes=26, **(overrides or {}))
     model = ECGMamba(config).to(device)
+    per_window, per_step = activation_bytes(model, 12, config.num_samples, device, precision)
+    estimate = (per_step + batch * per_window) / 2**30
+    model.activation_checkpointing = recompute
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 12, config.num_samples, device=device)
     y = (torch.rand(batch, 26, device=device) < 0.1).float()
@@ -135,13 +145,14 @@ def model_throughput(preset, batch, device, precision, steps, overrides=None):
         scaler.update()
 
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
     seconds = timed(step, device, repeats=steps)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     model.eval()
     inference = {}
-    for leads in LEAD_SETS:
+    for leads in LEAD_SETS if not recompute else ():  # checkpointing changes training only
         special = specialise(model, leads).eval()
         xs = x[:, [TWELVE_LEADS.index(lead) for lead in leads]]
 
@@ -151,31 +162,36 @@ def model_throughput(preset, batch, device, precision, steps, overrides=None):
                 special(xs)
 
         inference[len(leads)] = batch / timed(infer, device, repeats=steps)
-    return batch / seconds, peak, inference
+    return batch / seconds, peak, estimate, inference
 
 
-def end_to_end(records, epochs, preset, device, tiny, work):
+def end_to_end(records, epochs, preset, device, tiny, work, log_path):
     data, model = os.path.join(work, "data"), os.path.join(work, "model")
     started = time.perf_counter()
     generate_dataset(data, records, seed=0, fs="mixed", duration_s="mixed")
     generation = time.perf_counter() - started
     env = dict(os.environ, ECGMAMBA_PRESET=preset, ECGMAMBA_EPOCHS=str(epochs), ECGMAMBA_PROGRESS="0",
-               ECGMAMBA_DEVICE=str(device), PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+               ECGMAMBA_DEVICE=str(device), PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     if tiny:
         env["ECGMAMBA_MODEL"] = json.dumps({"d_model": 16, "depth": 1, "d_state": 4, "stem_channels": 8,
                                             "num_samples": 512})
         env["ECGMAMBA_BATCH_SIZE"] = "8"
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "train_model.py"), data, model], env=env,
-                            capture_output=True, text=True)
+    with open(log_path, "w+") as log:  # written as it runs, so a check stopped by a time limit still shows how far
+        returncode = subprocess.run([sys.executable, os.path.join(ROOT, "train_model.py"), data, model], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT).returncode
+        log.seek(0)
+        output = log.read()
     wall = time.perf_counter() - started
-    if result.returncode != 0:
-        return f"train_model.py FAILED (exit {result.returncode}):\n\n```\n{result.stderr[-4000:]}\n```\n"
+    if returncode != 0:
+        return f"train_model.py FAILED (exit {returncode}):\n\n```\n{output[-4000:]}\n```\n"
     with open(os.path.join(model, "stages.md")) as f:
         stages = f.read()
     with open(os.path.join(model, "model_" + "-".join(TWELVE_LEADS) + ".json")) as f:
         validation = json.load(f)["validation"]
-    backends = [line for line in result.stderr.splitlines() if line.startswith(("Backends", "WARNING", "Precision"))]
+    backends = [line for line in output.splitlines()
+                if line.startswith(("Backends", "WARNING", "Precision")) or "activation checkpointing" in line]
     return (f"train_model.py on {records} synthetic records (mixed 257/500/1000 Hz, 6-30 s; written in "
             f"{generation:.0f} s), preset {preset}, {epochs} epoch(s): {wall:.0f} s wall. "
             f"12-lead validation AUROC {validation['auroc']:.3f}.\n\n" + "\n".join(f"    {b}" for b in backends) +
@@ -186,7 +202,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=["torch", "kernels"], default="torch")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--tiny", action="store_true", help="toy sizes (for the CPU self-test)")
@@ -244,27 +260,35 @@ def main():
         emit(f"Chunked PyTorch / kernel, forward + backward: {speeds['chunked PyTorch'] / speeds['mamba-ssm kernel']:.1f}x")
     emit("")
 
+    emit(f"### `paper` and `large` presets, {precision}: training with and without activation checkpointing")
+    emit("")
+    emit("Activations: the probe's count of what a step keeps for backward (train.activation_bytes, which "
+         "decides `activation_checkpointing: auto`), against the measured peak without checkpointing.")
+    emit("")
+    emit("| preset | batch | checkpointing | training samples/s | peak GiB | activations (probe) GiB | "
+         + " | ".join(f"inference {len(leads)} leads rec/s" for leads in LEAD_SETS) + " |")
+    emit("|---|---:|---|---:|---:|---:|" + "---:|" * len(LEAD_SETS))
     for preset in ("paper", "large"):  # large: paper's width and depth, whole records; same samples per step
         batch = (4 if args.tiny else args.batch) * (2 if preset == "large" else 1)
         overrides = {"depth": 2, "d_model": 32, "num_samples": 1024 // (2 if preset == "large" else 1)} \
             if args.tiny else None
-        samples, peak, inference = model_throughput(preset, batch, device, precision,
-                                                    steps=2 if args.tiny else 5, overrides=overrides)
-        emit(f"### `{preset}` preset, batch {batch}, {precision}")
-        emit("")
-        emit(f"Training {samples:.1f} samples/s, peak memory {peak:.2f} GiB.")
-        emit("")
-        emit("| leads | inference records/s |")
-        emit("|---|---:|")
-        for n, rate in inference.items():
-            emit(f"| {n} | {rate:.1f} |")
-        emit("")
+        for recompute in (False, True):
+            samples, peak, estimate, inference = model_throughput(preset, batch, device, precision,
+                                                                  steps=2 if args.tiny else 5, overrides=overrides,
+                                                                  recompute=recompute)
+            emit(f"| `{preset}` | {batch} | {'on' if recompute else 'off'} | {samples:.1f} | {peak:.2f} | "
+                 f"{estimate:.3g} | " + " | ".join(f"{inference[len(leads)]:.1f}" if inference else "" for leads in LEAD_SETS) + " |")
+    emit("")
 
     emit("### train_model.py end to end")
     emit("")
+    log_path = os.path.join(os.path.dirname(os.path.abspath(args.out)) if args.out else ".",
+                            f"train_model_{args.stage}.log")
+    emit(f"(train_model.py's output: {log_path})")
+    emit("")
     with tempfile.TemporaryDirectory() as work:
         emit(end_to_end(40 if args.tiny else args.records, args.epochs, "small" if args.tiny else "paper", device,
-                        args.tiny, work))
+                        args.tiny, work, log_path))
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")

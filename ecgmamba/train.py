@@ -82,6 +82,9 @@ class TrainConfig:
     time_warp: float = -1.0          # half the crops played at a speed within [1/(1+w), 1+w] and supervised on the
                                      # classes a warp keeps (AF, AFL, PAC, PVC, SA: augment.py); 0: none;
                                      # -1: the preset's (small and large 0.3, paper 0)
+    activation_checkpointing: str = "auto"  # recompute each block in the backward pass instead of keeping its
+                                     # activations: "on", "off", or "auto": on when a step's activations (counted
+                                     # by a probe) would fill over 60 % of the free GPU memory, off on the CPU
     bn_recalibration_records: int = 512  # shared strategy: per lead set, BatchNorm statistics re-estimated on this
                                      # many training records seen with those leads (0: keep the mixed statistics)
     seed: int = 0
@@ -123,6 +126,8 @@ class TrainConfig:
             if not 0 <= getattr(c, name) <= 10:  # also refuses NaN
                 raise ValueError(f"{name} must be between 0 and 10 (a fraction of the crop's RMS), "
                                  f"not {getattr(c, name)!r}")
+        if c.activation_checkpointing not in ("auto", "on", "off"):
+            raise ValueError(f"activation_checkpointing must be 'auto', 'on' or 'off', not {c.activation_checkpointing!r}")
         if not 0 <= c.time_warp <= 1:
             raise ValueError(f"time_warp must be between 0 and 1 (speeds within [1/(1+w), 1+w]), not {c.time_warp!r}")
         return c
@@ -572,6 +577,51 @@ def validation_scores(labels, probabilities):
     return macro_auroc, macro_auprc
 
 
+def activation_bytes(model, num_leads, samples, device, precision):
+    """(bytes per window, bytes per step) that a training step keeps for the backward pass, counted with
+    saved-tensor hooks over two probe forward passes (one window, then two), so the count is the device's own: its
+    scan backend, its precision. Per step: what does not grow with the batch (weights cast to bf16, say). The
+    model's weights and BatchNorm statistics are left as they were."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    was_training, recompute = model.training, model.activation_checkpointing
+    model.train()
+    model.activation_checkpointing = False
+    counts = []
+    try:
+        for batch in (1, 2):
+            storages = {}
+
+            def pack(tensor):
+                storage = tensor.untyped_storage()
+                if storage.data_ptr() not in parameters:
+                    storages[storage.data_ptr()] = storage.nbytes()
+                return tensor
+
+            signal = torch.randn(batch, num_leads, samples, device=device)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(device, precision):
+                model(signal)
+            del signal
+            counts.append(sum(storages.values()))
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        model.train(was_training)
+        model.activation_checkpointing = recompute
+    per_window = max(counts[1] - counts[0], 0)
+    return per_window, max(counts[0] - per_window, 0)
+
+
+def wants_activation_checkpointing(setting, per_window, per_step, windows, free_bytes, share=0.6):
+    """"on"/"off" as set; "auto": on when a step's activations (per_step + windows x per_window) would take more
+    than `share` of the free device memory (the rest: gradients, AdamW's two moments, the scan's working tensors,
+    the allocator's slack)."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    return per_step + windows * per_window > share * free_bytes
+
+
 def make_optimizer(model, lr, weight_decay, scope="matrices"):
     """AdamW. scope "matrices" decays only matrices and kernels: biases, norm gains, the SSM's A_log and D, the
     position embedding and the class token are left alone, as mamba_ssm and Vim train them (decay pulls the
@@ -609,6 +659,20 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     batch_bytes = config.batch_size * len(leads) * preprocess.window_samples * 2  # the budget, in float16
     workers = dataloader_workers(config.workers, device, batch_bytes, shared_memory_bytes(),
                                  log=(lambda m: print(m, file=sys.stderr)) if rank == 0 else (lambda m: None))
+    model.activation_checkpointing = config.activation_checkpointing == "on"
+    if config.activation_checkpointing == "auto" and device.type == "cuda":
+        # Every rank probes its own device; ranks of one job have the same cards, so they decide alike.
+        per_window, per_step = activation_bytes(model, len(leads), preprocess.window_samples, device,
+                                                config.precision)
+        free = torch.cuda.mem_get_info(device)[0]
+        model.activation_checkpointing = wants_activation_checkpointing(
+            "auto", per_window, per_step, config.batch_size, free)
+        if rank == 0:
+            verdict = "on (one more forward pass of the blocks per step)" if model.activation_checkpointing else "off"
+            print(f"[{name}] activations for backward: {per_window / 2**20:.0f} MiB per window x "
+                  f"{config.batch_size} + {per_step / 2**20:.0f} MiB = "
+                  f"{(per_step + config.batch_size * per_window) / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on "
+                  f"{device}: activation checkpointing {verdict}", file=sys.stderr)
 
     state = {"epoch": 0, "step": 0, "best": -math.inf, "best_epoch": -1, "stale": 0, "history": []}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

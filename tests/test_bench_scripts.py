@@ -31,10 +31,14 @@ def test_gpu_check_runs_every_step_at_toy_sizes_on_the_cpu(tmp_path):
     result = run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
-    for heading in ("### Scan parity with the CPU kernel", "### Scan speed", "### `paper` preset",
-                    "### `large` preset", "### train_model.py end to end", "| cache build |", "| threshold tuning |"):
+    for heading in ("### Scan parity with the CPU kernel", "### Scan speed", "### `paper` and `large` presets",
+                    "### train_model.py end to end", "| cache build |", "| threshold tuning |"):
         assert heading in text, heading
     assert "FAILED" not in text
+    rows = [line for line in text.splitlines() if line.startswith(("| `paper` |", "| `large` |"))]
+    assert [row.split("|")[3].strip() for row in rows] == ["off", "on", "off", "on"]
+    assert all(float(row.split("|")[6]) > 0 for row in rows)  # the probe's activation estimate
+    assert (tmp_path / "train_model_torch.log").read_text().strip()  # train_model.py's output, as it ran
     parity = [line for line in text.splitlines() if line.startswith("| chunked PyTorch | float32")]
     assert parity and all(float(cell) < 1e-5 for cell in parity[0].strip("|").split("|")[2:])
 

@@ -320,6 +320,17 @@ def test_time_warped_training_leaves_the_hidden_labels_out_of_a_finite_loss(tmp_
     assert all(math.isfinite(float(r["train_loss"])) for r in read_log(str(tmp_path / "model")))
 
 
+def test_activation_checkpointing_on_trains_through_the_recomputing_wrapper(tmp_path, data_dir, monkeypatch):
+    import ecgmamba.model as model_module
+    import ecgmamba.train as train
+
+    calls, real = [], model_module.checkpoint
+    monkeypatch.setattr(model_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train.training_code(data_dir, str(tmp_path / "model"), tiny_config(activation_checkpointing="on"))
+    assert calls  # every training step's blocks went through it; validation and inference never do
+    assert all(math.isfinite(float(r["train_loss"])) for r in read_log(str(tmp_path / "model")))
+
+
 def test_precision_auto_picks_bf16_or_fp16_by_gpu_and_inference_reuses_the_tuned_precision(monkeypatch):
     from ecgmamba.inference import inference_precision, resolve_precision
 

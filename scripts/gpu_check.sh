@@ -4,12 +4,15 @@
 #
 #   scripts/gpu_check.sh [torch|kernels|all] [OUT_DIR]        (default: all, $OUT or ./gpu_check_out)
 #
-# torch    needs only a CUDA build of torch: the chunked PyTorch scan's parity and speed, `paper` and `large` training and
-#          inference throughput, train_model.py on 2,000 synthetic records (about 3 minutes on an H100/H200).
+# torch    needs only a CUDA build of torch: the chunked PyTorch scan's parity and speed, `paper` and `large` training
+#          throughput and memory with activation checkpointing off and on, inference throughput, train_model.py on
+#          1,000 synthetic records. On an H200 the steps before train_model.py took about 3 minutes (2026-12-04).
 # kernels  builds mamba-ssm and causal-conv1d for this card only from the source distributions in $WHEELHOUSE
 #          (default wheelhouse/; scripts/build_cuda_extensions.sh --help says how to download them beforehand on
 #          a machine with internet), then the same measurements with the kernels, plus kernel parity and the
-#          chunked scan's speed relative to the kernel. The build takes minutes.
+#          chunked scan's speed relative to the kernel. The build takes minutes: on an H200's 16 cores (sharing
+#          them) causal-conv1d built within a lease, mamba-ssm had not finished after 7 minutes. With a short lease
+#          run this stage first.
 # all      torch, then kernels when the wheelhouse holds the two source distributions.
 #
 # Python packages the GPU machine lacks (iterative-stratification, say) are installed from $WHEELS (default
@@ -47,7 +50,9 @@ run_torch() {
 
 run_kernels() {
     echo "==> stage kernels: building mamba-ssm and causal-conv1d for this card" >&2
+    local started=$SECONDS
     PYTHON=$PYTHON scripts/build_cuda_extensions.sh --wheelhouse "$WHEELHOUSE" 2>&1 | tee "$OUT_DIR/build.log"
+    echo "==> build and verification took $((SECONDS - started)) s" | tee -a "$OUT_DIR/build.log" >&2
     "$PYTHON" bench/gpu_check.py --stage kernels --out "$OUT_DIR/gpu_check_kernels.md" 2>&1 |
         tee "$OUT_DIR/kernels.log"
 }

@@ -613,6 +613,11 @@ def activation_bytes(model, num_leads, samples, device, precision):
     return per_window, max(counts[0] - per_window, 0)
 
 
+def free_device_memory(device):
+    """Free bytes on a CUDA device; None elsewhere (`auto` leaves checkpointing off on the CPU)."""
+    return torch.cuda.mem_get_info(device)[0] if torch.device(device).type == "cuda" else None
+
+
 def wants_activation_checkpointing(setting, per_window, per_step, windows, free_bytes, share=0.6):
     """"on"/"off" as set; "auto": on when a step's activations (per_step + windows x per_window) would take more
     than `share` of the free device memory (the rest: gradients, AdamW's two moments, the scan's working tensors,
@@ -660,11 +665,11 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     workers = dataloader_workers(config.workers, device, batch_bytes, shared_memory_bytes(),
                                  log=(lambda m: print(m, file=sys.stderr)) if rank == 0 else (lambda m: None))
     model.activation_checkpointing = config.activation_checkpointing == "on"
-    if config.activation_checkpointing == "auto" and device.type == "cuda":
+    free = free_device_memory(device) if config.activation_checkpointing == "auto" else None
+    if free is not None:
         # Every rank probes its own device; ranks of one job have the same cards, so they decide alike.
-        per_window, per_step = activation_bytes(model, len(leads), preprocess.window_samples, device,
+        per_window, per_step = activation_bytes(model, model.config.num_leads, preprocess.window_samples, device,
                                                 config.precision)
-        free = torch.cuda.mem_get_info(device)[0]
         model.activation_checkpointing = wants_activation_checkpointing(
             "auto", per_window, per_step, config.batch_size, free)
         if rank == 0:

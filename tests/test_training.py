@@ -331,6 +331,22 @@ def test_activation_checkpointing_on_trains_through_the_recomputing_wrapper(tmp_
     assert all(math.isfinite(float(r["train_loss"])) for r in read_log(str(tmp_path / "model")))
 
 
+@pytest.mark.parametrize("free_mib, expected", [(1, True), (10**6, False)])
+def test_activation_checkpointing_auto_probes_the_device_and_decides_by_its_free_memory(tmp_path, data_dir,
+                                                                                      monkeypatch, capfd,
+                                                                                      free_mib, expected):
+    import ecgmamba.model as model_module
+    import ecgmamba.train as train
+
+    calls, real = [], model_module.checkpoint
+    monkeypatch.setattr(model_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(train, "free_device_memory", lambda device: free_mib * 2**20)  # a GPU's answer, on the CPU
+    train.training_code(data_dir, str(tmp_path / "model"), tiny_config())
+    assert bool(calls) == expected
+    log = capfd.readouterr().err
+    assert f"activation checkpointing {'on' if expected else 'off'}" in log and "MiB per window x 8" in log
+
+
 def test_precision_auto_picks_bf16_or_fp16_by_gpu_and_inference_reuses_the_tuned_precision(monkeypatch):
     from ecgmamba.inference import inference_precision, resolve_precision
 

@@ -46,7 +46,8 @@ usage() {
     mamba=$(pinned_version mamba-ssm)
     causal=$(pinned_version causal-conv1d)
     cat <<EOF
-Usage: scripts/build_cuda_extensions.sh [--wheelhouse DIR] [--arch LIST] [--jobs N] [--skip-verify] [--dry-run]
+Usage: scripts/build_cuda_extensions.sh [--wheelhouse DIR] [--arch LIST] [--jobs N] [--real-only] [--skip-verify]
+                                      [--dry-run]
        scripts/build_cuda_extensions.sh --verify-only
 
 Builds causal-conv1d $causal and mamba-ssm $mamba (the versions requirements-cuda.txt pins) from their source
@@ -80,7 +81,11 @@ Options:
                     card's, from torch.cuda.get_device_capability()). T4 7.5, A100 8.0, A10/RTX 30 8.6,
                     L4/RTX 40 8.9, H100 9.0. Compile time grows with the number of architectures: one,
                     instead of the six the packages list for CUDA 12.8 (sm_75 sm_80 sm_87 sm_90 sm_100 sm_120).
-  --jobs N          parallel nvcc jobs, MAX_JOBS (default: CPU count, at most one per 4 GB of free memory)
+  --jobs N          parallel nvcc jobs, MAX_JOBS (default: CPU count, at most one per 4 GB of free memory); with
+                    two or more, the two packages compile at the same time and share them
+  --real-only       skip mamba-ssm's complex-A selective-scan kernels (3 of its 9 .cu files, the slowest to
+                    compile): ecgmamba, and mamba-ssm's own Mamba and Mamba2 blocks, use a real A. A complex A
+                    then raises mamba-ssm's "not implemented for weight type" error. For short GPU leases.
   --skip-verify     build and install only (no GPU needed, e.g. inside docker build)
   --verify-only     only the verification, of whatever is installed (e.g. in the Docker image)
   --dry-run         run the checks and print what would be done; exit status 1 if a check fails
@@ -115,6 +120,7 @@ run_setup_with_gencode() {  # run_setup_with_gencode SOURCE_DIR GENCODE_FLAG... 
     local source_dir=$1
     shift
     (cd "$source_dir" && "${PYTHON:-python}" - "$@" <<'PY'
+import os
 import runpy
 import sys
 
@@ -142,6 +148,11 @@ def without_arch_flags(flags):
 
 
 def restricted_extension(name, sources, *args, **kwargs):
+    skip = os.environ.get("ECGMAMBA_SKIP_SOURCES_ENDING")
+    if skip:
+        dropped = [source for source in sources if str(source).endswith(skip)]
+        sources = [source for source in sources if not str(source).endswith(skip)]
+        print(f"{name}: not compiling {' '.join(map(str, dropped)) or 'nothing'} (--real-only)", flush=True)
     compile_args = kwargs.get("extra_compile_args")
     if not isinstance(compile_args, dict):
         compile_args = {"cxx": list(compile_args or [])}
@@ -157,6 +168,40 @@ cpp_extension.CUDAExtension = restricted_extension
 sys.argv = ["setup.py"] + setup_args
 sys.path.insert(0, ".")
 runpy.run_path("setup.py", run_name="__main__")
+PY
+    )
+}
+
+drop_complex_kernels() {  # drop_complex_kernels MAMBA_SOURCE_DIR: --real-only's edit of mamba-ssm's selective scan
+    # ecgmamba, like mamba-ssm's own Mamba and Mamba2 blocks, uses a real A. The complex-A kernels are a third of
+    # the .cu files and the slowest to compile. The dispatch's complex branch is removed, so a complex A raises
+    # mamba-ssm's own "not implemented for weight type" error instead of failing to link.
+    (cd "$1/csrc/selective_scan" && "${PYTHON:-python}" - <<'PY'
+import glob
+import re
+import sys
+
+path = "selective_scan.cpp"
+with open(path) as f:
+    text = f.read()
+branch = (r"\}\s*else\s+if\s*\(WTYPE\s*==\s*at::ScalarType::ComplexFloat\)\s*\{\s*\\\s*"
+          r"using\s+weight_t\s*=\s*c10::complex<float>;\s*\\\s*__VA_ARGS__\(\);\s*\\\s*")
+text, count = re.subn(branch, "", text)
+if count != 1:
+    sys.exit(f"--real-only: expected one complex-weight branch in {path}, found {count}; this mamba-ssm's "
+             "source differs from the pinned one, build without --real-only")
+with open(path, "w") as f:
+    f.write(text)
+for path in sorted(glob.glob("selective_scan_fwd_*.cu")):
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = [line for line in lines if not re.match(r"\s*template\s+void\s+selective_scan_fwd_cuda<.*complex_t>", line)]
+    if len(lines) - len(kept) != 1:
+        sys.exit(f"--real-only: expected one complex instantiation in {path}, found {len(lines) - len(kept)}")
+    with open(path, "w") as f:
+        f.writelines(kept)
+print("--real-only: removed the complex-weight dispatch and forward instantiations; the complex backward "
+      "files are not compiled", flush=True)
 PY
     )
 }
@@ -300,6 +345,9 @@ print_plan() {
         echo "  $step. $package $(pinned_version "$package"): extract $WHEELHOUSE/$(sdist_name "$package"), then"
         echo "       $force=TRUE MAX_JOBS=$JOBS TORCH_CUDA_ARCH_LIST=\"${ARCH:-<arch>}\" $PYTHON setup.py bdist_wheel"
         echo "       with setup.py's -gencode flags replaced by: $flags"
+        if [[ $package == mamba-ssm ]] && ((REAL_ONLY)); then
+            echo "       without the complex-A selective-scan kernels (--real-only)"
+        fi
         echo "       and $PYTHON -m pip install --no-index --no-deps --no-cache-dir --force-reinstall <the wheel>"
         step=$((step + 1))
     done
@@ -309,8 +357,8 @@ print_plan() {
     fi
 }
 
-build_wheel() {  # build_wheel PACKAGE BUILD_DIR: builds the wheelhouse's sdist of PACKAGE, prints the wheel's path
-    local package=$1 build_dir=$2 version source_dir force wheel
+build_wheel() {  # build_wheel PACKAGE BUILD_DIR [JOBS]: builds the wheelhouse's sdist of PACKAGE, prints the wheel's path
+    local package=$1 build_dir=$2 jobs=${3:-$JOBS} version source_dir force wheel skip=""
     local -a flags
     version=$(pinned_version "$package")
     source_dir="$build_dir/${package//-/_}-$version"
@@ -319,12 +367,16 @@ build_wheel() {  # build_wheel PACKAGE BUILD_DIR: builds the wheelhouse's sdist 
     mapfile -t flags < <(gencode_flags "$ARCH")
     tar -xzf "$WHEELHOUSE/$(sdist_name "$package")" -C "$build_dir"
     [[ -f $source_dir/setup.py ]] || die "$(sdist_name "$package") does not unpack to ${source_dir##*/}/setup.py"
+    if [[ $package == mamba-ssm ]] && ((${REAL_ONLY:-0})); then
+        drop_complex_kernels "$source_dir" >&2
+        skip=_complex.cu
+    fi
     (
-        export "$force=TRUE" MAX_JOBS="$JOBS" TORCH_CUDA_ARCH_LIST="$ARCH"
-        run_setup_with_gencode "$source_dir" "${flags[@]}" -- bdist_wheel --dist-dir "$build_dir/dist"
+        export "$force=TRUE" MAX_JOBS="$jobs" TORCH_CUDA_ARCH_LIST="$ARCH" ECGMAMBA_SKIP_SOURCES_ENDING="$skip"
+        run_setup_with_gencode "$source_dir" "${flags[@]}" -- bdist_wheel --dist-dir "$build_dir/dist-$package"
     ) >&2
-    wheel=$(compgen -G "$build_dir/dist/${package//-/_}-$version-*.whl" | head -n 1) ||
-        die "building $package produced no wheel in $build_dir/dist"
+    wheel=$(compgen -G "$build_dir/dist-$package/${package//-/_}-$version-*.whl" | head -n 1) ||
+        die "building $package produced no wheel in $build_dir/dist-$package"
     echo "$wheel"
 }
 
@@ -336,11 +388,39 @@ build_and_install() {
         echo "==> installing runtime dependencies from $WHEELHOUSE"
         "$PYTHON" -m pip install --no-index --no-deps --no-cache-dir --find-links "$WHEELHOUSE" "${MISSING_RUNTIME[@]}"
     fi
+    if ((JOBS < 2)); then
+        for package in "${EXTENSION_PACKAGES[@]}"; do
+            echo "==> building $package $(pinned_version "$package") for $ARCH with 1 job (this takes minutes)"
+            wheel=$(build_wheel "$package" "$BUILD_DIR")
+            "$PYTHON" -m pip install --no-index --no-deps --no-cache-dir --force-reinstall "$wheel"
+        done
+        return
+    fi
+    # Both at once: the build's wall time is its slowest .cu file, and each package has fewer files than a GPU
+    # node has cores. causal-conv1d has 4 sources, mamba-ssm 10 (7 with --real-only): a third of the jobs and
+    # the rest. Each build's output goes to its own log, printed when it ends.
+    local causal_jobs=$((JOBS / 3 > 0 ? JOBS / 3 : 1)) started=$SECONDS
+    local -A jobs=([causal-conv1d]=$causal_jobs [mamba-ssm]=$((JOBS - causal_jobs))) pids=()
     for package in "${EXTENSION_PACKAGES[@]}"; do
-        echo "==> building $package $(pinned_version "$package") for $ARCH with $JOBS jobs (this takes minutes)"
-        wheel=$(build_wheel "$package" "$BUILD_DIR")
-        "$PYTHON" -m pip install --no-index --no-deps --no-cache-dir --force-reinstall "$wheel"
+        echo "==> building $package $(pinned_version "$package") for $ARCH with ${jobs[$package]} jobs (minutes)"
+        (
+            local begun=$SECONDS
+            build_wheel "$package" "$BUILD_DIR" "${jobs[$package]}" >"$BUILD_DIR/$package.wheel" 2>"$BUILD_DIR/$package.log"
+            echo "$((SECONDS - begun))" >"$BUILD_DIR/$package.seconds"
+        ) &
+        pids[$package]=$!
     done
+    local failed=()
+    for package in "${EXTENSION_PACKAGES[@]}"; do
+        wait "${pids[$package]}" || failed+=("$package")
+        echo "==> $package: compiler output" && cat "$BUILD_DIR/$package.log"
+    done
+    ((${#failed[@]} == 0)) || die "building ${failed[*]} failed (the compiler output is above)"
+    for package in "${EXTENSION_PACKAGES[@]}"; do
+        echo "==> $package built in $(cat "$BUILD_DIR/$package.seconds") s"
+        "$PYTHON" -m pip install --no-index --no-deps --no-cache-dir --force-reinstall "$(cat "$BUILD_DIR/$package.wheel")"
+    done
+    echo "==> both built in $((SECONDS - started)) s"
 }
 
 verify() {
@@ -429,6 +509,7 @@ main() {
     DRY_RUN=0
     VERIFY=1
     VERIFY_ONLY=0
+    REAL_ONLY=0
     PYTHON=${PYTHON:-python}
     MISSING_RUNTIME=()
     while (($#)); do
@@ -437,6 +518,7 @@ main() {
             --arch) [[ $# -ge 2 ]] || die "--arch needs a list such as 8.6"; ARCH=$2; shift 2 ;;
             --jobs) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || die "--jobs needs a positive number"; JOBS=$2; shift 2 ;;
             --skip-verify) VERIFY=0; shift ;;
+            --real-only) REAL_ONLY=1; shift ;;
             --verify-only) VERIFY_ONLY=1; shift ;;
             --dry-run) DRY_RUN=1; shift ;;
             -h | --help) usage; exit 0 ;;

@@ -341,7 +341,7 @@ def test_a_wheel_is_built_from_the_sdist_with_only_the_requested_gencode_flags(t
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == f"{build}/dist/causal_conv1d-{version}-cp311-cp311-linux_x86_64.whl"
+    assert result.stdout.strip() == f"{build}/dist-causal-conv1d/causal_conv1d-{version}-cp311-cp311-linux_x86_64.whl"
     reported = dict(line.split(" ", 1) for line in result.stderr.splitlines()
                     if line.startswith(("NVCC ", "ENV ", "ARGV ")))
     assert json.loads(reported["NVCC"]) == ["-O3", "--use_fast_math",
@@ -350,9 +350,134 @@ def test_a_wheel_is_built_from_the_sdist_with_only_the_requested_gencode_flags(t
                                             "-gencode", "arch=compute_90,code=compute_90"]
     assert json.loads(reported["ENV"]) == {"CAUSAL_CONV1D_FORCE_BUILD": "TRUE", "MAX_JOBS": "3",
                                            "TORCH_CUDA_ARCH_LIST": "8.6;9.0+PTX"}
-    assert json.loads(reported["ARGV"]) == ["bdist_wheel", "--dist-dir", f"{build}/dist"]
+    assert json.loads(reported["ARGV"]) == ["bdist_wheel", "--dist-dir", f"{build}/dist-causal-conv1d"]
     assert ("setup.py asked for -gencode arch=compute_75,code=sm_75 -gencode=arch=compute_80,code=sm_80 -arch sm_90"
             in result.stderr)
+
+
+STAND_IN_MAMBA_SETUP_PY = """
+import json
+import sys
+from pathlib import Path
+
+import torch.utils.cpp_extension as cpp_extension
+from torch.utils.cpp_extension import CUDAExtension
+
+cpp_extension.CUDA_HOME = "/no/cuda"
+sources = ["csrc/selective_scan/selective_scan.cpp"] + [f"csrc/selective_scan/selective_scan_{kind}.cu" for kind in
+           ("fwd_fp32", "fwd_bf16", "bwd_fp32_real", "bwd_fp32_complex", "bwd_bf16_real", "bwd_bf16_complex")]
+extension = CUDAExtension(name="selective_scan_cuda", sources=sources,
+                          extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-gencode", "arch=compute_80,code=sm_80"]})
+print("SOURCES", json.dumps([Path(source).name for source in extension.sources]))
+dist = Path(sys.argv[sys.argv.index("--dist-dir") + 1])
+dist.mkdir(parents=True, exist_ok=True)
+(dist / "mamba_ssm-{version}-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
+"""
+
+# Written for these tests in the layout of mamba-ssm's selective_scan.cpp: a weight-type dispatch macro with a
+# float and a complex branch, and one complex instantiation per forward file.
+STAND_IN_DISPATCH = r"""#define DISPATCH_WTYPE_FLOAT_AND_COMPLEX(WTYPE, NAME, ...)   \
+    if (WTYPE == at::ScalarType::Float) {                    \
+        using weight_t = float;                              \
+        __VA_ARGS__();                                       \
+    } else if (WTYPE == at::ScalarType::ComplexFloat) {      \
+        using weight_t = c10::complex<float>;                \
+        __VA_ARGS__();                                       \
+    } else {                                                 \
+        AT_ERROR(#NAME, " not implemented for weight type"); \
+    }
+"""
+
+
+def stand_in_mamba_sdist(tmp_path, dispatch=STAND_IN_DISPATCH):
+    version = read_pins(REQUIREMENTS_CUDA)["mamba-ssm"]
+    source = tmp_path / f"mamba_ssm-{version}"
+    kernels = source / "csrc" / "selective_scan"
+    kernels.mkdir(parents=True)
+    (source / "setup.py").write_text(STAND_IN_MAMBA_SETUP_PY.replace("{version}", version))
+    (kernels / "selective_scan.cpp").write_text(dispatch)
+    for dtype, input_type in (("fp32", "float"), ("bf16", "at::BFloat16")):
+        (kernels / f"selective_scan_fwd_{dtype}.cu").write_text(
+            f"template void selective_scan_fwd_cuda<{input_type}, float>(SSMParamsBase &params, cudaStream_t s);\n"
+            f"template void selective_scan_fwd_cuda<{input_type}, complex_t>(SSMParamsBase &params, cudaStream_t s);")
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir(exist_ok=True)
+    subprocess.run(["tar", "-czf", str(wheelhouse / f"mamba_ssm-{version}.tar.gz"), "-C", str(tmp_path),
+                    source.name], check=True)
+    shutil.rmtree(source)
+    return wheelhouse
+
+
+def build_stand_in_mamba(tmp_path, real_only):
+    wheelhouse, build = stand_in_mamba_sdist(tmp_path), tmp_path / "build"
+    build.mkdir()
+    command = (f'source "{SCRIPT}"; WHEELHOUSE="{wheelhouse}" ARCH="9.0" JOBS=2 REAL_ONLY={int(real_only)}; '
+               f'build_wheel mamba-ssm "{build}"')
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout + result.stderr
+    sources = json.loads(next(line for line in result.stderr.splitlines() if line.startswith("SOURCES "))[8:])
+    kernels = next(build.glob("mamba_ssm-*")) / "csrc" / "selective_scan"
+    return sources, kernels, result.stderr
+
+
+def test_real_only_compiles_no_complex_kernel_and_keeps_the_dispatch_sound(tmp_path):
+    sources, kernels, log = build_stand_in_mamba(tmp_path, real_only=True)
+    assert sources == ["selective_scan.cpp", "selective_scan_fwd_fp32.cu", "selective_scan_fwd_bf16.cu",
+                       "selective_scan_bwd_fp32_real.cu", "selective_scan_bwd_bf16_real.cu"]
+    assert "not compiling csrc/selective_scan/selective_scan_bwd_fp32_complex.cu" in log
+    dispatch = (kernels / "selective_scan.cpp").read_text()
+    assert "complex" not in dispatch
+    # the float branch now runs straight into the error branch
+    assert re.search(r"__VA_ARGS__\(\);\s*\\\s*\} else \{\s*\\\s*AT_ERROR", dispatch), dispatch
+    for dtype in ("fp32", "bf16"):
+        forward = (kernels / f"selective_scan_fwd_{dtype}.cu").read_text()
+        assert "complex_t" not in forward and ", float>(SSMParamsBase" in forward
+
+
+def test_without_real_only_every_kernel_is_compiled_unchanged(tmp_path):
+    sources, kernels, _ = build_stand_in_mamba(tmp_path, real_only=False)
+    assert len(sources) == 7 and "selective_scan_bwd_bf16_complex.cu" in sources
+    assert (kernels / "selective_scan.cpp").read_text() == STAND_IN_DISPATCH
+
+
+def test_real_only_refuses_a_source_it_does_not_recognise(tmp_path):
+    wheelhouse = stand_in_mamba_sdist(tmp_path, dispatch=STAND_IN_DISPATCH.replace("ComplexFloat", "ComplexDouble"))
+    (tmp_path / "build").mkdir()
+    command = (f'source "{SCRIPT}"; WHEELHOUSE="{wheelhouse}" ARCH="9.0" JOBS=2 REAL_ONLY=1; '
+               f'build_wheel mamba-ssm "{tmp_path / "build"}"')
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode != 0
+    assert "expected one complex-weight branch in selective_scan.cpp, found 0" in result.stderr
+
+
+def test_the_two_packages_build_at_the_same_time_and_are_both_installed(tmp_path):
+    """build_and_install with stand-in sdists; pip is replaced by a logger, so nothing is installed here."""
+    wheelhouse = stand_in_mamba_sdist(tmp_path)
+    version = read_pins(REQUIREMENTS_CUDA)["causal-conv1d"]
+    source = tmp_path / f"causal_conv1d-{version}"
+    source.mkdir()
+    (source / "setup.py").write_text(STAND_IN_SETUP_PY.replace("{version}", version))
+    subprocess.run(["tar", "-czf", str(wheelhouse / f"causal_conv1d-{version}.tar.gz"), "-C", str(tmp_path),
+                    source.name], check=True)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pip ]; then echo "PIP $*" >>"{tmp_path}/pip.log"; '
+                      f'exit 0; fi\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    command = (f'source "{SCRIPT}"; WHEELHOUSE="{wheelhouse}" ARCH="9.0" JOBS=6 REAL_ONLY=1 MISSING_RUNTIME=(); '
+               f'build_and_install')
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHON": str(python), "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "building causal-conv1d" in result.stdout and "with 2 jobs" in result.stdout
+    assert re.search(r"building mamba-ssm .* with 4 jobs", result.stdout)
+    assert re.search(r"==> causal-conv1d built in \d+ s", result.stdout)
+    assert re.search(r"==> both built in \d+ s", result.stdout)
+    installed = (tmp_path / "pip.log").read_text().splitlines()
+    assert len(installed) == 2
+    assert installed[0].endswith(f"causal_conv1d-{version}-cp311-cp311-linux_x86_64.whl")
+    assert "mamba_ssm-" in installed[1]
 
 
 def test_verify_only_needs_a_gpu_and_says_so():

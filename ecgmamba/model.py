@@ -164,7 +164,8 @@ def backend_report(device):
     if device.type == "cuda" and (scan != "mamba_ssm" or _causal_conv1d_fn is None):
         warning = ("WARNING: mamba-ssm and/or causal-conv1d CUDA kernels are not available, so this GPU runs the "
                    "pure-PyTorch paths (exact, bounded memory, but slow: the paper preset trained 7.2 windows/s on "
-                   "an H200 this way, about 3 hours per epoch of the public data). Fix: "
+                   "an H200 this way, about 3 hours per epoch of the public data, against 145 windows/s and 9 "
+                   "minutes with the kernels). Fix: "
                    "pip install -r requirements-cuda.txt (builds mamba-ssm and causal-conv1d), or use the Docker "
                    "image (see README, 'Docker').")
     return line, warning

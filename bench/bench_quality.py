@@ -58,7 +58,7 @@ from ecgmamba.records import LEAD_SETS, TWELVE_LEADS, read_header, read_signal, 
 from ecgmamba.scoring import encode_labels, load_scoring  # noqa: E402
 from ecgmamba.synthetic import (AF, MIXED_RATE_WEIGHTS, MIXED_RATES, PAC, PVC, SA, SB, SR, STACH,  # noqa: E402
                                 generate_dataset, generate_record, write_record)
-from ecgmamba.augment import warp_keeps  # noqa: E402
+from ecgmamba.augment import episodic_classes, warp_keeps  # noqa: E402
 from ecgmamba.train import (TrainConfig, WindowDataset, classification_loss, crop_plan, learning_rate,  # noqa: E402
                             make_optimizer, positive_weights, recalibrate_batchnorm, specialise)
 
@@ -104,7 +104,7 @@ class ResNet1D(nn.Module):
         return self.head(0.5 * (h.mean(-1) + h.amax(-1)))
 
 
-TRAINING_KEYS = ("crop", "max_crop_seconds", "batch_size", "weight_decay", "weight_decay_scope", "noise_augment",
+TRAINING_KEYS = ("crop", "max_crop_seconds", "min_crop_seconds", "batch_size", "weight_decay", "weight_decay_scope", "noise_augment",
                  "wander_augment", "time_warp")
 PREPROCESS_KEYS = ("scaling",)
 
@@ -142,7 +142,7 @@ def write_test_set(directory, n, seed, seconds=(6.0, 60.0), prefix="HARDTE"):
 def train(model, cache, preprocess, epochs, config, lr, table):
     dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS,
                             config.seed, config.noise_augment, config.wander_augment, config.time_warp,
-                            warp_keeps(table))
+                            warp_keeps(table), episodic_classes(table) if config.min_crop_seconds else None)
     optimizer = make_optimizer(model, lr, config.weight_decay, config.weight_decay_scope)
     pos_weight = positive_weights(cache.labels)
     plan = crop_plan(config, preprocess, cache.lengths, (0, 1, 0))

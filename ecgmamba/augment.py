@@ -30,6 +30,9 @@ WARP_SHARE = 0.5  # the fraction of crops warped when time_warp is on
 # arrhythmia (their SNOMED CT codes; classes joined with any of them count).
 WARP_KEEPS = {"164889003": "AF", "164890007": "AFL", "284470004": "PAC", "63593006": "SVPB",
               "427172004": "PVC", "17338001": "VPB", "427393009": "SA"}
+# Classes of single beats, which a crop of part of a record can miss: not supervised on the short crops of
+# `min_crop_seconds` (train.py), whose labels would otherwise say "PVC" over a stretch without one.
+EPISODIC = {"284470004": "PAC", "63593006": "SVPB", "427172004": "PVC", "17338001": "VPB"}
 
 
 def augment_crop(crop, rng, preprocess=PreprocessConfig(), noise=0.0, wander=0.0):
@@ -59,6 +62,11 @@ def augment_crop(crop, rng, preprocess=PreprocessConfig(), noise=0.0, wander=0.0
 def warp_keeps(table):
     """(C,) bool: the classes of the scoring `table` still supervised on a time-warped crop (WARP_KEEPS)."""
     return np.array([any(code in WARP_KEEPS for code in codes) for codes in table.classes], dtype=bool)
+
+
+def episodic_classes(table):
+    """(C,) bool: the classes of the scoring `table` that a part of a record can miss (EPISODIC)."""
+    return np.array([any(code in EPISODIC for code in codes) for codes in table.classes], dtype=bool)
 
 
 def draw_warp(rng, warp):

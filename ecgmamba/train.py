@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from ecgmamba import checkpoint
-from ecgmamba.augment import augment_crop, draw_warp, time_warp, warp_keeps, warp_span
+from ecgmamba.augment import augment_crop, draw_warp, episodic_classes, time_warp, warp_keeps, warp_span
 from ecgmamba.cache import build_cache
 from ecgmamba.inference import autocast, model_file_stem, predict_cached, resolve_precision, save_lead_model
 from ecgmamba.metrics import compute_accuracy, compute_auc, compute_challenge_metric, compute_f_measure
@@ -77,6 +77,9 @@ class TrainConfig:
     crop: str = "variable"           # "variable": crops from the window up to max_crop_seconds, whole records where
                                      # shorter, batched by a sample budget; "window": crops of the window only
     max_crop_seconds: float = 30.0   # longest training crop ("variable")
+    min_crop_seconds: float = 0.0    # shortest ("variable"); 0: the window. Crops shorter than the window are padded
+                                     # and masked as short records are, and not supervised on PAC, SVPB, PVC and VPB
+                                     # where they cut the record (augment.EPISODIC)
     noise_augment: float = 0.0       # training crops get band-passed noise, std up to this x their RMS (augment.py)
     wander_augment: float = 0.0      # and baseline wander of up to this x their RMS per lead; 0: none
     time_warp: float = -1.0          # half the crops played at a speed within [1/(1+w), 1+w] and supervised on the
@@ -122,6 +125,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay_scope must be 'matrices' or 'all', not {c.weight_decay_scope!r}")
         if c.crop not in ("variable", "window"):
             raise ValueError(f"crop must be 'variable' or 'window', not {c.crop!r}")
+        if not c.min_crop_seconds >= 0:  # also refuses NaN
+            raise ValueError(f"min_crop_seconds must be 0 (the window) or more, not {c.min_crop_seconds!r}")
         for name in ("noise_augment", "wander_augment"):
             if not 0 <= getattr(c, name) <= 10:  # also refuses NaN
                 raise ValueError(f"{name} must be between 0 and 10 (a fraction of the crop's RMS), "
@@ -173,12 +178,15 @@ class WindowDataset(Dataset):
     zeroed and, with "record" scaling, the scale taken from the present leads only. Randomness comes from (seed,
     epoch, record), not from a global generator, so any worker layout and any resume point give the same batches.
     With `warp`, some crops are played faster or slower (augment.py); their labels outside `warp_keeps` (bool per
-    class) come back as NaN, which classification_loss leaves out.
+    class) come back as NaN, which classification_loss leaves out. A crop shorter than the window that leaves part
+    of its record out (min_crop_seconds) gets NaN for the classes in `episodic` (bool per class): it may have missed
+    the beat its record is labelled with.
     """
 
     def __init__(self, cache, indices, window, leads, mask_lead_sets=None, seed=0, noise=0.0, wander=0.0, warp=0.0,
-                 warp_keeps=None):
+                 warp_keeps=None, episodic=None):
         self.cache, self.indices, self.window = cache, np.asarray(indices), window
+        self.episodic = episodic
         self.noise, self.wander, self.warp = noise, wander, warp
         if warp > 0 and warp_keeps is None:
             raise ValueError("a time warp needs warp_keeps: which classes a warped crop is still labelled with")
@@ -210,6 +218,8 @@ class WindowDataset(Dataset):
         labels = self.cache.labels[record].astype(np.float32)
         if speed != 1.0:
             labels[~self.warp_keeps] = np.nan
+        if self.episodic is not None and length < self.window and span < available:
+            labels[self.episodic] = np.nan
         # float16 halves the shared memory and host-to-GPU traffic; exact for the cache's own float16 values
         # (with "record" scaling, a rounding of about 5e-4 relative after the division)
         x = np.zeros((len(self.leads), max(length, self.window)), dtype=np.float16)
@@ -217,20 +227,22 @@ class WindowDataset(Dataset):
         return torch.from_numpy(x), torch.from_numpy(labels), torch.tensor(crop.shape[1])
 
 
-def crop_batches(lengths, window, max_crop, budget, seed, epoch, rank=0, world=1, pool_batches=64):
+def crop_batches(lengths, window, max_crop, budget, seed, epoch, rank=0, world=1, pool_batches=64, min_crop=None):
     """One epoch's batches for this rank: lists of (position, crop length), every position once.
 
-    Each record gets a crop length drawn uniformly from [window, max_crop] samples, or its whole length when it is
-    shorter (so most records of the public data, 10 s, are seen whole). Records are bucketed by crop length within
-    pools of about pool_batches batches, and a batch takes its members' shortest crop, so a batch holds no padding
-    (except records shorter than `window`, padded to it as inference pads them); it holds as many crops as fit in
-    `budget` samples, so a step's memory and time are bounded by the budget whatever the lengths. Every rank
+    Each record gets a crop length drawn uniformly from [min_crop, max_crop] samples (min_crop: the window unless
+    shorter), or its whole length when it is shorter (so most records of the public data, 10 s, are seen whole).
+    Records are bucketed by crop length within pools of about pool_batches batches, and a batch takes its members'
+    shortest crop, so a batch holds no padding (except crops shorter than `window`, padded to it as inference pads
+    short records); it holds as many crops as fit in `budget` samples (a padded crop counting as a window), so a
+    step's memory and time are bounded by the budget whatever the lengths. Every rank
     computes the same plan and takes every world-th batch, the plan cut to a multiple of world so all ranks step
     together."""
     lengths = np.asarray(lengths, dtype=np.int64)
     rng = np.random.default_rng((seed, epoch, 1234567))
     order = rng.permutation(len(lengths))
-    wanted = rng.integers(window, max(window, max_crop) + 1, size=len(lengths))
+    floor = window if not min_crop else int(min(min_crop, window))
+    wanted = rng.integers(floor, max(window, max_crop) + 1, size=len(lengths))
     crops = np.maximum(np.minimum(lengths[order], wanted), 1)
     pool = max(1, pool_batches * max(1, budget // window))
     batches = []
@@ -239,8 +251,8 @@ def crop_batches(lengths, window, max_crop, budget, seed, epoch, rank=0, world=1
         pool_crops = crops[first:first + pool]
         current, current_length = [], None
         for j in np.argsort(-pool_crops, kind="stable"):  # longest first: the batch length only shrinks
-            length = max(int(pool_crops[j]), window)
-            if current and (len(current) + 1) * length > budget:
+            length = max(int(pool_crops[j]), floor)
+            if current and (len(current) + 1) * max(length, window) > budget:
                 batches.append([(p, current_length) for p in current])
                 current = []
             current.append(int(members[j]))
@@ -260,7 +272,9 @@ def crop_plan(config, preprocess, lengths, ctx):
     window = preprocess.window_samples
     budget = config.batch_size * window
     max_crop = window if config.crop == "window" else min(int(config.max_crop_seconds * preprocess.target_fs), budget)
-    return lambda epoch: crop_batches(lengths, window, max_crop, budget, config.seed, epoch, rank, world)
+    min_crop = int(config.min_crop_seconds * preprocess.target_fs) if config.crop == "variable" else 0
+    return lambda epoch: crop_batches(lengths, window, max_crop, budget, config.seed, epoch, rank, world,
+                                      min_crop=max(1, min_crop) if min_crop else None)
 
 
 def shared_memory_bytes(path="/dev/shm"):
@@ -657,7 +671,8 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     # fp16 has too little range for small gradients: the scaler multiplies the loss and skips steps that overflow.
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     dataset = WindowDataset(cache, train_idx, preprocess.window_samples, leads, mask_lead_sets, config.seed,
-                            config.noise_augment, config.wander_augment, config.time_warp, warp_keeps(table))
+                            config.noise_augment, config.wander_augment, config.time_warp, warp_keeps(table),
+                            episodic_classes(table) if config.min_crop_seconds else None)
     plan = crop_plan(config, preprocess, cache.lengths[train_idx], ctx)
     total_steps = max(1, sum(len(plan(epoch)) for epoch in range(epochs)))
     pos_weight = positive_weights(cache.labels[train_idx]).to(device)

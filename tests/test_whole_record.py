@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from ecgmamba.augment import episodic_classes
 from ecgmamba.cache import build_cache
 from ecgmamba.inference import predict_cached, predict_many
 from ecgmamba.model import ECGMamba, ModelConfig, preset_config
 from ecgmamba.preprocess import PreprocessConfig, aggregate, preprocess_recording, record_segments, window_starts
 from ecgmamba.records import LEAD_SETS, TWELVE_LEADS, read_header, read_signal, select_leads
+from ecgmamba.scoring import load_scoring
 from ecgmamba.synthetic import generate_dataset
 from ecgmamba.train import TrainConfig, WindowDataset, crop_batches, crop_plan, recalibrate_batchnorm, specialise
 
@@ -178,6 +180,57 @@ def test_window_crops_are_batch_size_windows():
     preprocess = PreprocessConfig(target_fs=250, window_samples=512)
     batches = crop_plan(config, preprocess, np.full(40, 2500), (0, 1, 0))(0)
     assert [len(b) for b in batches] == [8] * 5 and {n for b in batches for _, n in b} == {512}
+
+
+def test_min_crop_draws_crops_shorter_than_the_window_and_budgets_them_as_windows():
+    lengths = np.full(400, 2500)
+    window, budget, max_crop = 512, 8 * 512, 7500
+    batches = crop_batches(lengths, window, max_crop, budget, seed=0, epoch=0, min_crop=200)
+    assert sorted(p for batch in batches for p, _ in batch) == list(range(400))
+    sizes = {n: len(batch) for batch in batches for _, n in batch}
+    short = [n for n in sizes if n < window]
+    # P(crop < window) = (512 - 200) / (7500 - 200) = 4.3 %, so about 17 of 400 records
+    assert short and min(short) >= 200 and all(sizes[n] <= budget // window for n in short)
+    assert all(len(batch) * max(n, window) <= budget for batch in batches for n in {n for _, n in batch})
+    # without min_crop no crop is shorter than the window (today's plan, unchanged)
+    plain = crop_batches(lengths, window, max_crop, budget, seed=0, epoch=0)
+    assert min(n for batch in plain for _, n in batch) >= window
+    assert plain == crop_batches(lengths, window, max_crop, budget, seed=0, epoch=0, min_crop=window)
+
+
+def test_min_crop_seconds_reaches_the_plan_and_is_checked():
+    preprocess = PreprocessConfig(target_fs=250, window_samples=512)
+    plan = crop_plan(TrainConfig(batch_size=8, min_crop_seconds=1.0), preprocess, np.full(300, 2500), (0, 1, 0))(0)
+    assert min(n for b in plan for _, n in b) == pytest.approx(250, abs=60)
+    window_plan = crop_plan(TrainConfig(batch_size=8, crop="window", min_crop_seconds=1.0), preprocess,
+                            np.full(40, 2500), (0, 1, 0))(0)
+    assert {n for b in window_plan for _, n in b} == {512}  # "window" crops ignore it
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="min_crop_seconds"):
+            TrainConfig(min_crop_seconds=bad).resolved()
+
+
+def test_a_short_crop_of_part_of_a_record_is_not_supervised_on_single_beats(data_dir, tmp_path):
+    cache, config = cached(data_dir, tmp_path)
+    table = load_scoring("2021")
+    episodic = episodic_classes(table)
+    assert sorted(table.class_abbreviations[i] for i in np.flatnonzero(episodic)) == ["PAC|SVPB", "PVC|VPB"]
+    dataset = WindowDataset(cache, np.arange(len(cache)), 512, TWELVE_LEADS, episodic=episodic)
+    longest, shortest = int(np.argmax(cache.lengths)), int(np.argmin(cache.lengths))
+    truth = cache.labels[longest].astype(np.float32)
+    x, labels, valid = dataset[(longest, 300)]  # part of the record, shorter than the window: padded and masked
+    labels = labels.numpy()
+    assert x.shape == (12, 512) and int(valid) == 300 and not x[:, 300:].any()
+    assert np.isnan(labels[episodic]).all()
+    np.testing.assert_array_equal(labels[~episodic], truth[~episodic])
+    _, labels, _ = dataset[(longest, 512)]  # a window's crop keeps every label, as before
+    np.testing.assert_array_equal(labels.numpy(), truth)
+    # a record shorter than the window, read whole, keeps every label
+    n = int(cache.lengths[shortest])
+    long_window = WindowDataset(cache, np.arange(len(cache)), n + 100, TWELVE_LEADS, episodic=episodic)
+    x, labels, valid = long_window[(shortest, n)]
+    assert x.shape == (12, n + 100) and int(valid) == n
+    np.testing.assert_array_equal(labels.numpy(), cache.labels[shortest].astype(np.float32))
 
 
 def test_dataset_returns_the_crop_asked_for_and_pads_a_short_record(data_dir, tmp_path):

@@ -26,6 +26,28 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_2(tmp_path):
     assert result.returncode == 2 and "no CUDA GPU visible" in result.stderr
 
 
+def test_step_profile_groups_a_toy_step_and_the_groups_add_up(tmp_path):
+    out = tmp_path / "profile.md"
+    result = run([sys.executable, "bench/profile_step.py", "--device", "cpu", "--tiny", "--preset", "small",
+                  "--batch", "2", "--steps", "1", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert "### Training step profile: `small`, batch 2, fp32, CPU" in text
+    total = float(text.split("per step under the profiler: ")[1].split(" ms")[0])
+    groups = {row.split("|")[1].strip(): float(row.split("|")[2]) for row in text.splitlines()
+              if row.startswith("| ") and row.rstrip().endswith("% |")}
+    # the numba scan's forward and backward are autograd functions of their own, so they show as such
+    assert groups["selective scan, forward"] > 0 and groups["selective scan, backward"] > 0
+    assert sum(groups.values()) == pytest.approx(total, rel=0.01, abs=0.05)
+    assert "| heaviest kernels | group | ms per step |" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_step_profile_without_a_gpu_says_so_and_exits_2():
+    result = run([sys.executable, "bench/profile_step.py"])
+    assert result.returncode == 2 and "no CUDA GPU is visible" in result.stderr
+
+
 def test_gpu_check_runs_every_step_at_toy_sizes_on_the_cpu(tmp_path):
     out = tmp_path / "check.md"
     result = run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out)])

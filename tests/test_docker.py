@@ -480,6 +480,18 @@ def test_the_two_packages_build_at_the_same_time_and_are_both_installed(tmp_path
     assert "mamba_ssm-" in installed[1]
 
 
+def test_skip_causal_conv1d_plans_and_checks_mamba_ssm_only(tmp_path):
+    pins = read_pins(REQUIREMENTS_CUDA)
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    (wheelhouse / f"mamba_ssm-{pins['mamba-ssm']}.tar.gz").write_bytes(b"")  # no causal-conv1d sdist
+    result = run_script("--dry-run", "--arch", "9.0", "--skip-causal-conv1d", "--real-only", "--wheelhouse",
+                        str(wheelhouse))
+    assert "mamba-ssm" in result.stdout and "without the complex-A selective-scan kernels" in result.stdout
+    assert "causal-conv1d 1" not in result.stdout and "missing" not in result.stdout + result.stderr
+    assert "causal-conv1d==" not in result.stdout + result.stderr  # not taken for a runtime dependency
+
+
 def test_verify_only_needs_a_gpu_and_says_so():
     result = run_script("--verify-only")
     assert result.returncode == 1 and "needs a CUDA device" in result.stderr
@@ -522,3 +534,11 @@ def test_the_verification_code_runs_against_the_current_ecgmamba_api(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verification passed" in result.stdout
     assert result.stdout.count(" ok\n") == 11  # output, 8 gradients, causal conv, logits
+    # built with --skip-causal-conv1d: the same checks, the conv being PyTorch's on the GPU
+    without = subprocess.run([sys.executable, str(tmp_path / "stand_ins.py"), str(tmp_path / "verify.py")],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "WITH_CAUSAL_CONV1D": "0"})
+    assert without.returncode == 0, without.stdout + without.stderr
+    assert "causal-conv1d not built (--skip-causal-conv1d)" in without.stdout
+    assert "causal conv + SiLU, PyTorch conv1d on CUDA vs PyTorch on the CPU" in without.stdout
+    assert without.stdout.count(" ok\n") == 11

@@ -36,6 +36,7 @@ GROUPS = [
     ("other convolutions (stem, PyTorch conv1d)", r"conv|cudnn|winograd|implicit_|aten::(?:convolution|_convolution)"),
     ("normalisation", r"norm"),
     ("optimizer", r"multi_tensor|adam|foreach"),
+    ("copies and flips (layout)", r"direct_copy|copy_kernel|flip|aten::(?:copy_|flip|clone|contiguous)\b"),
 ]
 OTHER = "everything else (elementwise, copies, reductions)"
 
@@ -136,7 +137,7 @@ def main():
             lines.append(f"| {group} | {groups[group]:.2f} | {100 * groups[group] / total:.1f} % |")
     lines += ["", f"| heaviest kernels | group | ms per step |", "|---|---|---:|"]
     for name, ms in sorted(per_step.items(), key=lambda item: -item[1])[:args.top]:
-        short = name if len(name) <= 90 else name[:87] + "..."
+        short = name if len(name) <= 150 else name[:60] + " ... " + name[-85:]  # the functor is near the end
         lines.append(f"| `{short.replace('|', '/')}` | {group_of(name)} | {ms:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text, flush=True)

@@ -203,6 +203,18 @@ def reversal_index(lengths, length):
     return torch.where(steps < lengths, lengths - 1 - steps, steps)
 
 
+def _channels_by_time(weight, tokens):
+    """weight (C, F) applied to tokens (B, L, F) -> (B, C, L), as a (C, F) x (F, B*L) product viewed as (B, C, L).
+
+    The view's time axis has stride 1, which is what mamba-ssm's scan and causal-conv1d read without copying
+    (mamba-ssm's own block computes its projections this way). `linear(tokens).transpose(1, 2)` gives the same
+    numbers with channels at stride 1, and the scan's interface then copies u, delta and z into a new layout, and
+    the gradients back, in every block. An H200 profile of a `paper` step with that layout spent a fifth of the
+    step in PyTorch's same-dtype elementwise (copy) kernels (bench/RESULTS.md)."""
+    batch, length, features = tokens.shape
+    return (weight @ tokens.reshape(batch * length, features).t()).view(-1, batch, length).transpose(0, 1)
+
+
 class BiMamba(nn.Module):
     """Vim's bidirectional Mamba mixer ("bimamba v2"): one in_proj, two SSM branches, one out_proj."""
 
@@ -253,7 +265,7 @@ class BiMamba(nn.Module):
         x = causal_conv1d_silu(x, conv.weight, conv.bias)
         x_dbl = x_proj(x.transpose(1, 2))                              # (B, L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ dt_proj.weight.t()).transpose(1, 2)               # (B, D, L); bias goes in the scan
+        delta = _channels_by_time(dt_proj.weight, dt)                  # (B, D, L); bias goes in the scan
         A = -torch.exp(_at_least_fp32(A_log))
         return selective_scan_fn(
             x, delta, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), _at_least_fp32(D),
@@ -263,7 +275,7 @@ class BiMamba(nn.Module):
     def forward(self, hidden_states, lengths=None):
         """hidden_states (B, L, d_model) -> (B, L, d_model). lengths (B,): how many leading tokens of each row are
         the record's (the rest stand on zero padding); None: all."""
-        xz = self.in_proj(hidden_states).transpose(1, 2)               # (B, 2*D, L)
+        xz = _channels_by_time(self.in_proj.weight, hidden_states)     # (B, 2*D, L)
         x, z = xz.chunk(2, dim=1)
         out = self.branch(x, z, "forward")
         if lengths is None:

@@ -65,6 +65,33 @@ def test_bidirectional_block_is_forward_plus_flipped_backward():
     torch.testing.assert_close(mixer(h), expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_scan_and_the_conv_get_time_at_stride_one_in_both_directions(monkeypatch, padded):
+    """mamba-ssm's interface copies any u, delta or z whose last stride is not 1 (and causal-conv1d any x with
+    neither of its last two strides 1), so the block hands them over with time at stride 1, in both directions."""
+    import ecgmamba.model as model
+
+    seen = []
+    real_scan, real_conv = model.selective_scan_fn, model.causal_conv1d_silu
+
+    def scan(u, delta, A, B, C, D=None, z=None, **kwargs):
+        seen.append(("scan", u.stride(-1), delta.stride(-1), z.stride(-1), B.stride(-1), C.stride(-1)))
+        return real_scan(u, delta, A, B, C, D, z=z, **kwargs)
+
+    def conv(x, weight, bias):
+        seen.append(("conv", x.stride(-1)))
+        return real_conv(x, weight, bias)
+
+    monkeypatch.setattr(model, "selective_scan_fn", scan)
+    monkeypatch.setattr(model, "causal_conv1d_silu", conv)
+    mixer = BiMamba(d_model=8, d_state=4)
+    h = torch.randn(3, 11, 8, requires_grad=True)
+    lengths = torch.tensor([11, 7, 4]) if padded else None
+    mixer(h, lengths).sum().backward()
+    assert seen == [("conv", 1), ("scan", 1, 1, 1, 1, 1)] * 2
+    assert h.grad is not None and torch.isfinite(h.grad).all()
+
+
 def test_late_input_reaches_earlier_positions_only_through_backward_branch():
     torch.manual_seed(1)
     mixer = BiMamba(d_model=8, d_state=4).double()

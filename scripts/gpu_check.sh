@@ -16,6 +16,7 @@
 #          the complex-A kernels (--real-only; BUILD_ARGS="" for all): 338 s with the verification, and the whole
 #          stage 425 s, on an H200's 16 cores (2026-12-04). With a short lease run this stage first.
 # all      torch, then kernels when the wheelhouse holds the two source distributions.
+# Each stage ends with bench/profile_step.py on `paper` (profile_<stage>.md): the step's GPU time by kernel group.
 #
 # Python packages the GPU machine lacks (iterative-stratification, say) are installed from $WHEELS (default
 # .whl/) when that folder exists. Exit status: 0 when every stage ran, 2 without a GPU, 1 on a failure.
@@ -45,9 +46,14 @@ if [[ -d $WHEELS ]] && compgen -G "$WHEELS/*.whl" >/dev/null; then
     export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
+run_profile() {  # run_profile STAGE: where a `paper` step's GPU time goes (bench/profile_step.py), about 30 s
+    "$PYTHON" bench/profile_step.py --preset paper --batch 32 --out "$OUT_DIR/profile_$1.md" >/dev/null
+}
+
 run_torch() {
     echo "==> stage torch" >&2
     "$PYTHON" bench/gpu_check.py --stage torch --out "$OUT_DIR/gpu_check_torch.md" 2>&1 | tee "$OUT_DIR/torch.log"
+    run_profile torch
 }
 
 run_kernels() {
@@ -60,6 +66,7 @@ run_kernels() {
     echo "==> build and verification took $((SECONDS - started)) s" | tee -a "$OUT_DIR/build.log" >&2
     "$PYTHON" bench/gpu_check.py --stage kernels --out "$OUT_DIR/gpu_check_kernels.md" 2>&1 |
         tee "$OUT_DIR/kernels.log"
+    run_profile kernels
 }
 
 have_sdists() {

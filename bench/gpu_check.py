@@ -124,17 +124,12 @@ def scan_speed(fn, device, shape, dtype=torch.bfloat16):
     return f, fb, peak
 
 
-def model_throughput(preset, batch, device, precision, steps, overrides=None, recompute=False):
-    """(training samples/s, peak GiB, the probe's estimate of the activations in GiB, {leads: inference
-    records/s}); recompute: activation checkpointing."""
-    config = preset_config(preset, num_classes=26, **(overrides or {}))
-    model = ECGMamba(config).to(device)
-    per_window, per_step = activation_bytes(model, 12, config.num_samples, device, precision)
-    estimate = (per_step + batch * per_window) / 2**30
-    model.activation_checkpointing = recompute
+def synthetic_step(model, batch, device, precision):
+    """A function running one AdamW training step of `model` on a fixed random batch of 12-lead windows (26
+    classes, about 10 % positive), in `precision`; its `inputs` attribute is that batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 12, config.num_samples, device=device)
-    y = (torch.rand(batch, 26, device=device) < 0.1).float()
+    x = torch.randn(batch, 12, model.config.num_samples, device=device)
+    y = (torch.rand(batch, model.config.num_classes, device=device) < 0.1).float()
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def step():
@@ -145,6 +140,20 @@ def model_throughput(preset, batch, device, precision, steps, overrides=None, re
         scaler.step(optimizer)
         scaler.update()
 
+    step.inputs = x
+    return step
+
+
+def model_throughput(preset, batch, device, precision, steps, overrides=None, recompute=False):
+    """(training samples/s, peak GiB, the probe's estimate of the activations in GiB, {leads: inference
+    records/s}); recompute: activation checkpointing."""
+    config = preset_config(preset, num_classes=26, **(overrides or {}))
+    model = ECGMamba(config).to(device)
+    per_window, per_step = activation_bytes(model, 12, config.num_samples, device, precision)
+    estimate = (per_step + batch * per_window) / 2**30
+    model.activation_checkpointing = recompute
+    step = synthetic_step(model, batch, device, precision)
+    x = step.inputs
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

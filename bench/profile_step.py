@@ -24,8 +24,11 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ecgmamba.inference import autocast, resolve_precision  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from ecgmamba.inference import resolve_precision  # noqa: E402
 from ecgmamba.model import ECGMamba, backend_report, preset_config  # noqa: E402
+from gpu_check import synthetic_step  # noqa: E402
 
 # First match wins; names are CUDA kernel names on a GPU and operator or autograd-function names on the CPU.
 GROUPS = [
@@ -86,19 +89,7 @@ def main():
     overrides = {"depth": 2, "d_model": 32, "num_samples": 1024} if args.tiny else {}
     config = preset_config(args.preset, num_classes=26, **overrides)
     model = ECGMamba(config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    x = torch.randn(args.batch, 12, config.num_samples, device=device)
-    y = (torch.rand(args.batch, 26, device=device) < 0.1).float()
-
-    def step():
-        with autocast(device, precision):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
+    step = synthetic_step(model, args.batch, device, precision)
     for _ in range(2):
         step()
     if device.type == "cuda":

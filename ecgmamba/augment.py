@@ -59,14 +59,19 @@ def augment_crop(crop, rng, preprocess=PreprocessConfig(), noise=0.0, wander=0.0
     return (crop + added * present[:, None]).astype(np.float32)
 
 
+def _classes_with(table, codes):
+    """(C,) bool: the classes of the scoring `table` with any of `codes` (classes joined with one count)."""
+    return np.array([any(code in codes for code in joined) for joined in table.classes], dtype=bool)
+
+
 def warp_keeps(table):
     """(C,) bool: the classes of the scoring `table` still supervised on a time-warped crop (WARP_KEEPS)."""
-    return np.array([any(code in WARP_KEEPS for code in codes) for codes in table.classes], dtype=bool)
+    return _classes_with(table, WARP_KEEPS)
 
 
 def episodic_classes(table):
     """(C,) bool: the classes of the scoring `table` that a part of a record can miss (EPISODIC)."""
-    return np.array([any(code in EPISODIC for code in codes) for codes in table.classes], dtype=bool)
+    return _classes_with(table, EPISODIC)
 
 
 def draw_warp(rng, warp):

@@ -241,7 +241,7 @@ def crop_batches(lengths, window, max_crop, budget, seed, epoch, rank=0, world=1
     lengths = np.asarray(lengths, dtype=np.int64)
     rng = np.random.default_rng((seed, epoch, 1234567))
     order = rng.permutation(len(lengths))
-    floor = window if not min_crop else int(min(min_crop, window))
+    floor = window if min_crop is None else min(int(min_crop), window)
     wanted = rng.integers(floor, max(window, max_crop) + 1, size=len(lengths))
     crops = np.maximum(np.minimum(lengths[order], wanted), 1)
     pool = max(1, pool_batches * max(1, budget // window))
@@ -272,9 +272,10 @@ def crop_plan(config, preprocess, lengths, ctx):
     window = preprocess.window_samples
     budget = config.batch_size * window
     max_crop = window if config.crop == "window" else min(int(config.max_crop_seconds * preprocess.target_fs), budget)
-    min_crop = int(config.min_crop_seconds * preprocess.target_fs) if config.crop == "variable" else 0
+    short = config.crop == "variable" and config.min_crop_seconds > 0
+    min_crop = max(1, int(config.min_crop_seconds * preprocess.target_fs)) if short else window
     return lambda epoch: crop_batches(lengths, window, max_crop, budget, config.seed, epoch, rank, world,
-                                      min_crop=max(1, min_crop) if min_crop else None)
+                                      min_crop=min_crop)
 
 
 def shared_memory_bytes(path="/dev/shm"):

@@ -468,13 +468,14 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dlast):
-        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
-            return _ChunkedScan._backward(ctx, dy, dlast)
+        # ctx.saved_tensors is read once: under non-reentrant activation checkpointing a second read raises.
+        saved = ctx.saved_tensors
+        with torch.autocast(saved[0].device.type, enabled=False):
+            return _ChunkedScan._backward(saved, ctx.chunk, dy, dlast)
 
     @staticmethod
-    def _backward(ctx, dy, dlast):
-        u, dt, A, Bt, Ct, boundaries = ctx.saved_tensors
-        chunk = ctx.chunk
+    def _backward(saved, chunk, dy, dlast):
+        u, dt, A, Bt, Ct, boundaries = saved
         length = u.shape[-1]
         dy = torch.zeros_like(u) if dy is None else dy
         carry = torch.zeros_like(boundaries[0]) if dlast is None else dlast.clone()  # dL/dh at the chunk's end

@@ -326,6 +326,26 @@ def test_chunked_scan_gradients_equal_the_reference_gradients(form, chunk):
         assert relative_error(grads[0][name], grads[1][name]) < 1e-10, name
 
 
+@pytest.mark.parametrize("backend", ["chunked", "cpu_fused"])
+def test_scan_backward_works_under_non_reentrant_activation_checkpointing(backend, monkeypatch):
+    # Non-reentrant checkpointing recomputes saved tensors on unpack and allows one unpack per backward; a second
+    # read of ctx.saved_tensors raised CheckpointError on an H200 (the chunked scan, `paper` with checkpointing on).
+    monkeypatch.setenv("ECGMAMBA_SCAN", backend)
+    inputs = make_inputs(2, 4, 3, 29, seed=9)
+    weights = torch.randn(2, 4, 29, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def loss(*tensors):
+        return (selective_scan_fn(**dict(zip(inputs, tensors)), delta_softplus=True) * weights).sum()
+
+    grads = []
+    for checkpointed in (False, True):
+        leaves = [t.clone().requires_grad_() for t in inputs.values()]
+        value = torch.utils.checkpoint.checkpoint(loss, *leaves, use_reentrant=False) if checkpointed else loss(*leaves)
+        grads.append(torch.autograd.grad(value, leaves))
+    for name, plain, checkpointed in zip(inputs, *grads):
+        assert relative_error(checkpointed, plain) < 1e-12, name
+
+
 def test_chunked_scan_passes_gradcheck():
     inputs = make_inputs(2, 3, 2, 9, seed=8)
     names = list(inputs)

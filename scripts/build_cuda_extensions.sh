@@ -66,6 +66,11 @@ against the CPU reference and prints the largest differences.
    This saves mamba_ssm-$mamba.tar.gz, causal_conv1d-$causal.tar.gz and the wheels of their pinned
    runtime dependencies (about 25 MB). The SKIP variables only stop setup.py from looking for nvcc while pip
    reads the package metadata; --no-build-isolation lets it import the local torch for that.
+   Three of those wheels (regex, pyyaml, charset-normalizer) are built for the downloading Python. If the GPU
+   machine runs another Python (3.12, say), add its wheels too (the --dry-run of step 3 names any that are missing):
+
+     grep -E '^(regex|pyyaml|charset-normalizer)==' requirements-cuda.txt | xargs python -m pip download \\
+       --no-deps --only-binary :all: --python-version 3.12 --platform manylinux2014_x86_64 -d wheelhouse/
 
 2. Copy the repository, including wheelhouse/, to the GPU machine. There you need: a CUDA build of PyTorch, nvcc
    of the same CUDA major version (e.g. a CUDA module: module load cuda/12.8), g++, and the project's own
@@ -303,29 +308,52 @@ check_wheelhouse() {
         file="$WHEELHOUSE/$(sdist_name "$package")"
         if [[ -f $file ]]; then ok "$file"; else problem "missing $file (see --help, step 1)"; fi
     done
-    # Runtime dependencies: installed at the pinned version already, or a wheel of that version in the wheelhouse.
-    local line name version wheel_name
-    mapfile -t MISSING_RUNTIME < <(runtime_pins | "$PYTHON" -c '
+    # Runtime dependencies: installed at the pinned version already, or a wheel of that version in the wheelhouse
+    # that this Python can install (a cp311 wheel of regex does not install on Python 3.12: pip then finds "no
+    # matching distribution", so say which Python the download was for). Prints "PIN<TAB>problem or empty".
+    local line pin trouble
+    mapfile -t RUNTIME_CHECK < <(runtime_pins | "$PYTHON" -c '
+import glob
 import importlib.metadata
+import os
+import re
 import sys
+
+try:  # pip vendors packaging; without it, only the file names are checked
+    from pip._vendor.packaging.tags import sys_tags
+    from pip._vendor.packaging.utils import parse_wheel_filename
+    supported = set(sys_tags())
+except ImportError:
+    supported = None
+wheelhouse = sys.argv[1]
+python = "%d.%d" % sys.version_info[:2]
 for pin in sys.stdin.read().split():
     name, version = pin.split("==")
     try:
         installed = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         installed = None
-    if installed != version:
-        print(pin)
-')
-    for line in "${MISSING_RUNTIME[@]}"; do
-        name=${line%%==*}
-        version=${line#*==}
-        wheel_name=${name,,}
-        wheel_name=${wheel_name//[-.]/_}  # wheel file names spell PyYAML pyyaml, typing-extensions typing_extensions
-        if ! compgen -G "$WHEELHOUSE/$wheel_name-$version-*.whl" >/dev/null &&
-            ! compgen -G "$WHEELHOUSE/$name-$version-*.whl" >/dev/null; then
-            problem "$line is neither installed nor in $WHEELHOUSE"
-        fi
+    if installed == version:
+        continue
+    stem = re.sub(r"[-_.]+", "_", name).lower()
+    wheels = [w for w in glob.glob(os.path.join(wheelhouse, "*.whl"))
+              if re.sub(r"[-_.]+", "_", os.path.basename(w).split("-")[0]).lower() == stem
+              and os.path.basename(w).split("-")[1] == version]
+    if not wheels:
+        print(f"{pin}\tis neither installed nor in {wheelhouse}")
+    elif supported is not None and not any(supported & parse_wheel_filename(os.path.basename(w))[3] for w in wheels):
+        names = ", ".join(sorted(os.path.basename(w) for w in wheels))
+        print(f"{pin}\tis in {wheelhouse} only for another Python or platform ({names}); this is Python {python}:"
+              f" download it with pip download --only-binary :all: --python-version {python} (see --help)")
+    else:
+        print(f"{pin}\t")
+' "$WHEELHOUSE")
+    MISSING_RUNTIME=()
+    for line in "${RUNTIME_CHECK[@]}"; do
+        pin=${line%%$'\t'*}
+        trouble=${line#*$'\t'}
+        MISSING_RUNTIME+=("$pin")
+        [[ -z $trouble ]] || problem "$pin $trouble"
     done
     ok "runtime dependencies: ${#MISSING_RUNTIME[@]} to install from the wheelhouse, the others already installed"
 }

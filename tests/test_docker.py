@@ -290,6 +290,30 @@ def test_dry_run_plans_the_requested_architectures_and_changes_nothing(tmp_path)
     assert sorted(wheelhouse.iterdir()) == before
 
 
+def test_dry_run_names_runtime_wheels_built_for_another_python(tmp_path):
+    # An H200 lent to a session had Python 3.12; a wheelhouse downloaded on 3.11 held cp311 wheels of regex, which
+    # pip then could not find. The check says so before anything is installed.
+    pins = read_pins(REQUIREMENTS_CUDA)
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    other = "cp310" if sys.version_info[:2] != (3, 10) else "cp39"
+    regex = f"regex-{pins['regex']}-{other}-{other}-manylinux2014_x86_64.whl"
+    idna = f"idna-{pins['idna']}-py3-none-any.whl"
+    for name in (regex, idna):
+        (wheelhouse / name).write_bytes(b"")
+    result = run_script("--dry-run", "--wheelhouse", str(wheelhouse))
+    python = "%d.%d" % sys.version_info[:2]
+    installed = {line.split("==")[0].lower() for line in subprocess.run(
+        [sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True).stdout.split()}
+    if "regex" not in installed:
+        assert f"regex=={pins['regex']} is in {wheelhouse} only for another Python or platform ({regex})" in result.stdout
+        assert f"--python-version {python}" in result.stdout
+    if "idna" not in installed:
+        assert f"idna=={pins['idna']} is" not in result.stdout  # a pure-Python wheel installs anywhere
+    assert "huggingface-hub==" in result.stdout and "is neither installed nor in" in result.stdout
+    assert result.returncode == 1
+
+
 def test_bad_arguments_are_refused_with_a_reason():
     result = run_script("--dry-run", "--arch", "sm_86")
     assert result.returncode == 1 and "is not a compute capability" in result.stderr

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """How separable is sinus arrhythmia on the hard benchmark, given the beat times? A ceiling, not a model.
 
-    python bench/bench_rhythm_oracle.py [--records 1500] [--seed 5]
+    python bench/bench_rhythm_oracle.py [--records 1500] [--seed 5] [--ranges 10 6-10 20-60 6-60 30-60]
 
-Generates hard-mode records (ecgmamba.synthetic, as bench_quality.py does) of 10 s, of 6-60 s and of 30-60 s,
+Generates hard-mode records (ecgmamba.synthetic, as bench_quality.py does) in each length range (seconds; 6-10
+and 20-60 are bench_quality.py's short- and long-record columns, 10 its training records),
 and scores each by one number read from the generator's own R-peak times: the coefficient of variation (standard
 deviation over mean) of the RR intervals between consecutive conducted beats (intervals touching a premature
 beat left out). Prints that score's AUROC and AUPRC for sinus arrhythmia among sinus-rhythm records (SA is only
@@ -50,16 +51,31 @@ def auc(labels, scores):
     return auroc, auprc
 
 
+def length_range(text):
+    """'6-10' -> (6.0, 10.0); '10' -> (10.0, 10.0); the generator makes records of 6 s to an hour."""
+    try:
+        low, _, high = text.partition("-")
+        low, high = float(low), float(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LOW-HIGH or one length in seconds") from None
+    if not 6.0 <= low <= high <= 3600.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: lengths must run from 6 s to 3600 s, low first")
+    return low, high
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=1500, help="records per length range")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--ranges", nargs="+", type=length_range, default=["10", "6-10", "20-60", "6-60", "30-60"],
+                        help="record lengths in seconds: LOW-HIGH (uniform) or one length")
     args = parser.parse_args()
+    args.ranges = [length_range(r) if isinstance(r, str) else r for r in args.ranges]
     print(f"Sinus arrhythmia from the RR intervals' coefficient of variation, {args.records} hard-mode records per "
           f"length range\n")
     print("| record length | SA prevalence | AUROC / AUPRC, sinus-rhythm records | AUROC / AUPRC, all records |")
     print("|---|---:|---|---|")
-    for low, high in ((10.0, 10.0), (6.0, 60.0), (30.0, 60.0)):
+    for low, high in args.ranges:
         scores, is_sa, sinus = score(args.records, args.seed, low, high)
         sinus_auc = auc(is_sa[sinus], scores[sinus])
         all_auc = auc(is_sa, scores)

@@ -94,6 +94,17 @@ def test_rhythm_oracle_reads_the_spacing_of_conducted_beats_only():
     assert rr_variation(breathing, "N" * len(breathing)) > 0.04
 
 
+def test_rhythm_oracle_length_ranges_parse_and_refuse_impossible_lengths():
+    import argparse
+
+    from bench_rhythm_oracle import length_range
+
+    assert length_range("6-10") == (6.0, 10.0) and length_range("10") == (10.0, 10.0)
+    for bad in ("5-10", "10-6", "a-b", "6-4000"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            length_range(bad)
+
+
 def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     """bench_quality trains both models (one with noise and time warps), reads the short-record set and saves the weights
     it measured."""

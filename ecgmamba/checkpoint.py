@@ -127,6 +127,11 @@ def load_state_into(module, path, device="cpu", expected_digest=None):
     if expected_digest is not None and metadata.get("sha256") != expected_digest:
         raise ModelFileError(f"{path}: these weights are not the ones its JSON description was saved with "
                              "(a save was interrupted between the two files?); train again")
+    return load_state_dict_checked(module, state, path)
+
+
+def load_state_dict_checked(module, state, path):
+    """module.load_state_dict(state), naming `path` and the missing, unexpected or misshapen tensors on mismatch."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -48,13 +48,35 @@ def model_file_stem(leads):
     return "model_" + "-".join(leads)
 
 
-def save_lead_model(model_directory, leads, model, table, thresholds, preprocess, extra=None):
-    """Weights (safetensors) + everything needed to use them (JSON) for one lead set. The JSON, written second,
-    records the weights' digest: a kill between the two writes leaves a pair that load_model refuses."""
+def save_lead_model(model_directory, leads, model, table, thresholds, preprocess, extra=None, base=None):
+    """Weights (safetensors) + everything needed to use them (JSON) for one lead set; returns the weights' digest.
+    The JSON, written second, records that digest: a kill between the two writes leaves a pair that load_model
+    refuses.
+
+    base: (leads, network, digest) of a model saved before in the same folder (the 12-lead one). The shared strategy
+    gives every lead set the 12-lead network sliced, with its own BatchNorm statistics; five full copies of `paper`
+    take 500 MB. So when most of this model's tensors equal the base's, sliced to these leads, only the others are
+    written, and the JSON names the base by its digest and records the digest of the whole state for load_model
+    to check after rebuilding it."""
+    from ecgmamba.train import specialise
+
     stem = os.path.join(model_directory, model_file_stem(leads))
-    digest = checkpoint.save_tensors(stem + ".safetensors", model.state_dict())
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    description = {}
+    if base is not None:
+        base_leads, base_network, base_digest = base
+        reference = specialise(base_network, leads).state_dict()
+        own = {name: tensor for name, tensor in state.items()
+               if not (name in reference and reference[name].shape == tensor.shape
+                       and torch.equal(reference[name].detach().cpu(), tensor))}
+        if sum(t.nbytes for t in own.values()) <= sum(t.nbytes for t in state.values()) // 2:
+            description = {"base": {"leads": list(base_leads), "weights_sha256": base_digest},
+                           "state_sha256": checkpoint.tensors_digest(state)}
+            state = own
+    digest = checkpoint.save_tensors(stem + ".safetensors", state)
     checkpoint.save_json(stem + ".json", {
         "weights_sha256": digest,
+        **description,
         "leads": list(leads),
         "classes": table.class_codes,
         "thresholds": [float(t) for t in thresholds],
@@ -62,6 +84,7 @@ def save_lead_model(model_directory, leads, model, table, thresholds, preprocess
         "preprocess": preprocess.to_dict(),
         **(extra or {}),
     })
+    return digest
 
 
 class LoadedModel:
@@ -106,13 +129,50 @@ def load_model(model_directory, leads, device=None):
             raise ValueError(f"{len(prior)} prior values for {len(classes)} classes")
     except (KeyError, TypeError, ValueError) as error:
         raise checkpoint.ModelFileError(f"{stem}.json: incomplete or invalid model description ({error})") from None
-    network = checkpoint.load_state_into(ECGMamba(config), stem + ".safetensors",
-                                         expected_digest=meta.get("weights_sha256"))
+    if "base" in meta:
+        network = _load_on_base(model_directory, stem, meta, config)
+    else:
+        network = checkpoint.load_state_into(ECGMamba(config), stem + ".safetensors",
+                                             expected_digest=meta.get("weights_sha256"))
     if sliced:
         network, model_leads = specialise(network, leads), leads
     report_backends(device)
     return LoadedModel(network.to(device).eval(), model_leads, classes, thresholds, preprocess, device, prior,
                        inference_precision(meta, device))
+
+
+def _load_on_base(model_directory, stem, meta, config):
+    """A network saved as its differences from a base model in the same folder (save_lead_model's `base`): the base's
+    tensors sliced to this model's leads, this file's tensors over them, checked against the whole state's digest."""
+    from ecgmamba.train import sliced_state
+
+    try:
+        base_leads, base_digest = tuple(meta["base"]["leads"]), meta["base"]["weights_sha256"]
+        leads, state_digest = tuple(meta["leads"]), meta["state_sha256"]
+    except (KeyError, TypeError) as error:
+        raise checkpoint.ModelFileError(f"{stem}.json: incomplete description of its base model ({error})") from None
+    base_stem = os.path.join(model_directory, model_file_stem(base_leads))
+    if checkpoint.load_json(base_stem + ".json").get("weights_sha256") != base_digest:
+        raise checkpoint.ModelFileError(
+            f"{stem}.json: stored as differences from {base_stem}.safetensors, which has been replaced since (a "
+            "training into this folder interrupted between the two?); train again")
+    base, base_metadata = checkpoint.load_tensors(base_stem + ".safetensors", with_metadata=True)
+    own, metadata = checkpoint.load_tensors(stem + ".safetensors", with_metadata=True)
+    for path, found, wanted in ((base_stem, base_metadata, base_digest), (stem, metadata, meta["weights_sha256"])):
+        if found.get("sha256") != wanted:
+            raise checkpoint.ModelFileError(f"{path}.safetensors: these weights are not the ones its JSON description "
+                                            "was saved with (a save was interrupted between the two files?); train "
+                                            "again")
+    try:
+        state = {**sliced_state(base, leads), **own}
+    except (KeyError, ValueError, IndexError) as error:
+        raise checkpoint.ModelFileError(f"{base_stem}.safetensors: not a 12-lead network to slice ({error})") from None
+    if checkpoint.tensors_digest(state) != state_digest:
+        raise checkpoint.ModelFileError(f"{stem}.safetensors with {base_stem}.safetensors do not rebuild the weights "
+                                        "it was saved with; train again")
+    network = ECGMamba(config)
+    checkpoint.load_state_dict_checked(network, state, stem + ".safetensors")
+    return network
 
 
 def inference_precision(meta, device):

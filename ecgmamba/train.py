@@ -539,11 +539,14 @@ def specialise(model, leads):
     config = type(model.config)(**{**asdict(model.config), "num_leads": len(leads)})
     device = next(model.parameters()).device
     special = ECGMamba(config).to(device)
-    state = model.state_dict()
-    first = "stem.0.weight"
-    state[first] = state[first][:, [TWELVE_LEADS.index(lead) for lead in leads]].clone()
-    special.load_state_dict(state)
+    special.load_state_dict(sliced_state(model.state_dict(), leads))
     return special
+
+
+def sliced_state(state, leads):
+    """A 12-lead network's state dict for `leads`: only the stem's first convolution sees the leads."""
+    first = "stem.0.weight"
+    return {**state, first: state[first][:, [TWELVE_LEADS.index(lead) for lead in leads]].clone()}
 
 
 RECALIBRATION_EPOCH = 10**6  # seeds the recalibration crops apart from every training epoch's
@@ -953,21 +956,26 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
                                    f"after training: {[v[0][:12] for v in views]}")
         if rank == 0:
             prior = cache.labels[train_idx].mean(0)
-            for leads, model in models.items():
+            base = None  # the 12-lead model, saved first: the others are stored as their differences from it
+            for leads in sorted(models, key=lambda lead_set: lead_set != TWELVE_LEADS):
+                model = models[leads]
                 scores, thresholds, per_rank = tuned[leads]
-                save_lead_model(model_directory, leads, model, table, thresholds, preprocess,
-                                {"validation": scores, "train_config": asdict(config),
-                                 "prior": [float(p) for p in prior], "precision": config.precision,
-                                 "split": {"train_records": len(train_idx), "validation_records": len(val_idx),
-                                           "selection_records": len(select_idx),
-                                           "threshold_records": len(tune_idx), "seed": config.seed,
-                                           "method": "train/validation by iterative stratification; " + split_method,
-                                           "reported": "AUROC and AUPRC on the tuning half; Challenge metric, "
-                                                       "F-measure and accuracy out of fold (2-fold cross-fitting "
-                                                       "of the thresholds within the tuning half)"},
-                                 "precision_device": device.type,
-                                 "distributed": {"world_size": world, "validated_per_rank": per_rank,
-                                                 "ranks_agree": agree[leads]}})
+                extra = {"validation": scores, "train_config": asdict(config),
+                         "prior": [float(p) for p in prior], "precision": config.precision,
+                         "split": {"train_records": len(train_idx), "validation_records": len(val_idx),
+                                   "selection_records": len(select_idx),
+                                   "threshold_records": len(tune_idx), "seed": config.seed,
+                                   "method": "train/validation by iterative stratification; " + split_method,
+                                   "reported": "AUROC and AUPRC on the tuning half; Challenge metric, "
+                                               "F-measure and accuracy out of fold (2-fold cross-fitting "
+                                               "of the thresholds within the tuning half)"},
+                         "precision_device": device.type,
+                         "distributed": {"world_size": world, "validated_per_rank": per_rank,
+                                         "ranks_agree": agree[leads]}}
+                digest = save_lead_model(model_directory, leads, model, table, thresholds, preprocess, extra,
+                                         base=base)
+                if leads == TWELVE_LEADS:
+                    base = (leads, model, digest)
                 print(f"Saved {model_file_stem(leads)}: held-out AUROC {scores['auroc']:.3f}  "
                       f"AUPRC {scores['auprc']:.3f}  Challenge {scores['challenge']:.3f} out of fold "
                       f"({scores['challenge_in_sample']:.3f} in sample)", file=sys.stderr)

@@ -306,7 +306,8 @@ def test_dry_run_names_runtime_wheels_built_for_another_python(tmp_path):
     installed = {line.split("==")[0].lower() for line in subprocess.run(
         [sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True).stdout.split()}
     if "regex" not in installed:
-        assert f"regex=={pins['regex']} is in {wheelhouse} only for another Python or platform ({regex})" in result.stdout
+        expected = f"regex=={pins['regex']} is in {wheelhouse} only for another Python or platform ({regex})"
+        assert expected in result.stdout
         assert f"--python-version {python}" in result.stdout
     if "idna" not in installed:
         assert f"idna=={pins['idna']} is" not in result.stdout  # a pure-Python wheel installs anywhere

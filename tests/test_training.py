@@ -122,6 +122,85 @@ def test_other_lead_sets_are_served_by_slicing_the_12_lead_model(trained_model, 
     assert len(team_code.run_model(model, header, recording)[2]) == 26
 
 
+def lead_model_files(model_dir, leads):
+    stem = os.path.join(model_dir, "model_" + "-".join(leads))
+    with open(stem + ".json") as f:
+        return stem, json.load(f)
+
+
+def test_reduced_lead_models_are_stored_as_their_differences_from_the_12_lead_one(trained_model):
+    # Five full copies of `paper` took 500 MB; the shared strategy's reduced-lead models differ from the 12-lead one
+    # sliced only in their BatchNorm statistics.
+    from ecgmamba import checkpoint, inference
+    from ecgmamba.train import specialise
+
+    twelve_stem, twelve_meta = lead_model_files(trained_model, LEAD_SETS[0])
+    assert "base" not in twelve_meta
+    twelve = inference.load_model(trained_model, LEAD_SETS[0], device="cpu").network
+    for leads in LEAD_SETS[1:]:
+        stem, meta = lead_model_files(trained_model, leads)
+        assert meta["base"] == {"leads": list(LEAD_SETS[0]), "weights_sha256": twelve_meta["weights_sha256"]}
+        assert os.path.getsize(stem + ".safetensors") < os.path.getsize(twelve_stem + ".safetensors") / 4
+        own = checkpoint.load_tensors(stem + ".safetensors")
+        assert own and all("running_" in name or "num_batches_tracked" in name for name in own), sorted(own)
+        rebuilt = inference.load_model(trained_model, leads, device="cpu").network.state_dict()
+        sliced = specialise(twelve, leads).state_dict()
+        for name, tensor in rebuilt.items():  # the file's own statistics over the 12-lead weights, sliced
+            assert torch.equal(tensor, own[name] if name in own else sliced[name]), name
+        assert any(not torch.equal(own[name], sliced[name]) for name in own)
+        assert checkpoint.tensors_digest(rebuilt) == meta["state_sha256"]
+
+
+def test_a_reduced_lead_model_whose_base_changed_is_refused_by_name(trained_model, tmp_path):
+    import shutil
+
+    from ecgmamba import checkpoint, inference
+    from ecgmamba.scoring import load_scoring
+
+    copy = tmp_path / "model"
+    shutil.copytree(trained_model, copy, ignore=shutil.ignore_patterns("cache", "checkpoints"))
+    two_stem, two_meta = lead_model_files(copy, ("I", "II"))
+    two_meta["state_sha256"] = "0" * 64
+    with open(two_stem + ".json", "w") as f:
+        json.dump(two_meta, f)
+    with pytest.raises(checkpoint.ModelFileError, match="do not rebuild the weights") as error:
+        inference.load_model(str(copy), ("I", "II"), device="cpu")
+    assert str(error.value).startswith(two_stem + ".safetensors with ")
+
+    twelve = inference.load_model(str(copy), LEAD_SETS[0], device="cpu")  # retrained, say, and stopped after it
+    with torch.no_grad():
+        for parameter in twelve.network.parameters():
+            parameter.add_(0.1)
+    inference.save_lead_model(str(copy), LEAD_SETS[0], twelve.network, load_scoring("2021"), twelve.thresholds,
+                              twelve.preprocess)
+    six_stem, _ = lead_model_files(copy, LEAD_SETS[1])
+    with pytest.raises(checkpoint.ModelFileError, match="replaced since") as error:
+        inference.load_model(str(copy), LEAD_SETS[1], device="cpu")
+    assert str(error.value).startswith(six_stem + ".json: ")
+    inference.load_model(str(copy), LEAD_SETS[0], device="cpu")  # the 12-lead model itself still loads
+
+
+def test_a_model_unlike_its_base_is_saved_whole(tmp_path):
+    # The `separate` strategy trains each lead set from scratch: nothing to share, so no dependency on another file.
+    from ecgmamba import inference
+    from ecgmamba.preprocess import PreprocessConfig
+    from ecgmamba.scoring import load_scoring
+
+    table = load_scoring("2021")
+    config = preset_config("small", num_classes=len(table.class_codes), **TINY_MODEL)
+    torch.manual_seed(0)
+    base = ECGMamba(config)
+    other = ECGMamba(type(config)(**{**config.to_dict(), "num_leads": 2}))
+    thresholds = np.full(len(table.class_codes), 0.5)
+    digest = inference.save_lead_model(str(tmp_path), LEAD_SETS[0], base, table, thresholds, PreprocessConfig())
+    inference.save_lead_model(str(tmp_path), ("I", "II"), other, table, thresholds, PreprocessConfig(),
+                              base=(LEAD_SETS[0], base, digest))
+    _, meta = lead_model_files(str(tmp_path), ("I", "II"))
+    assert "base" not in meta and "state_sha256" not in meta
+    loaded = inference.load_model(str(tmp_path), ("I", "II"), device="cpu").network.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in other.state_dict().items())
+
+
 def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path, data_dir):
     reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
     env = tiny_env(epochs=3)

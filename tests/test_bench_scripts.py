@@ -121,6 +121,17 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     assert len(list((tmp_path / "work" / "test_short_6").glob("*.hea"))) == 6
     assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1,time_warp=0.3.pt").exists()
     assert (tmp_path / "work" / "resnet.pt").exists()
+    # bench_short_records reads the saved network on the same data: by length band, and long records cut short
+    lengths = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
+                   "--cuts", "6", "10", "--out", str(tmp_path / "lengths.md")])
+    assert lengths.returncode == 0, lengths.stderr[-3000:]
+    text = (tmp_path / "lengths.md").read_text()
+    assert "| record length | records | SA records | rhythm AUPRC | SA AUPRC |" in text
+    assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| first") or
+            line.startswith("| whole")] == ["first 6 s", "first 10 s", "whole"]
+    missing = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
+                   "--train-seed", "7"])
+    assert missing.returncode != 0 and ".seed7.pt: no such weights" in missing.stderr
     other = run([sys.executable, "bench/bench_quality.py", "--train-records", "24", "--test-records", "12",
                  "--seed", "1", "--work", str(tmp_path / "work")])
     assert other.returncode != 0 and "holds data generated with" in other.stderr   # not a silent reuse

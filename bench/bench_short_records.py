@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Where the short-record gap comes from: a network that bench_quality.py trained, read by record length and on
+long records cut short, beside the RR-interval ceiling on the same cuts.
+
+    python bench/bench_short_records.py --work DIR --model SPEC [--train-seed N] [--cuts 6 8 10 20] [--out FILE]
+
+--work is a folder where bench_quality.py trained SPEC: its generated data, cache and weights (SPEC.pt, or
+SPEC.seedN.pt for a --train-seed other than the data's seed). The 12-lead network is read as bench_quality.py reads
+it (sliced, BatchNorm statistics re-estimated, the whole record in one pass). Printed:
+
+1. rhythm-class (PAC, PVC, SA, AF) and SA AUPRC by length band, over the test records and the short-record set
+   together, with the number of SA records in each band;
+2. the test records longer than 20 s read as their first L seconds, for each cut L and whole, the network's SA and
+   rhythm-class AUPRC beside the SA AUPRC of the ceiling (bench_rhythm_oracle.py's RR-interval spread among
+   sinus-rhythm records, from the generator's beats inside the cut).
+
+The cuts keep the records and change only how much of each the network sees, so the rows differ by length alone.
+A network that loses much more SA than the ceiling as the cut shortens reads the beats of a short stretch less well
+than it could; a drop only below one window points at the padding.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_quality import (RHYTHM_CLASSES, LeadSetModels, build_model, predict, read_test_set,  # noqa: E402
+                           reading_config)
+from bench_rhythm_oracle import rr_variation  # noqa: E402
+
+from ecgmamba.cache import build_cache  # noqa: E402
+from ecgmamba.metrics import compute_auc  # noqa: E402
+from ecgmamba.model import PRESET_SAMPLING_RATES  # noqa: E402
+from ecgmamba.preprocess import PreprocessConfig  # noqa: E402
+from ecgmamba.records import TWELVE_LEADS  # noqa: E402
+from ecgmamba.scoring import encode_labels, load_scoring  # noqa: E402
+from ecgmamba.synthetic import SA, SINUS_RHYTHMS  # noqa: E402
+from ecgmamba.train import TrainConfig  # noqa: E402
+
+BANDS = ((6.0, 8.0), (8.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, 60.0))
+
+
+def auprc_columns(labels, probabilities, rhythm, sa):
+    """(rhythm-class AUPRC, SA AUPRC) of a subset; NaN where a class has no positive."""
+    _, _, _, per_class = compute_auc(labels, probabilities)
+    return float(np.nanmean(per_class[rhythm])), float(per_class[sa])
+
+
+def ceiling_sa_auprc(records, events, seconds):
+    """SA AUPRC of the RR-interval spread among sinus-rhythm records, from the beats in the first `seconds`."""
+    scores, positive = [], []
+    for record in records:
+        if not any(code in record["labels"] for code in SINUS_RHYTHMS):
+            continue
+        beats, kinds = np.asarray(events[record["id"]]["beats"]), events[record["id"]]["kinds"]
+        inside = (beats >= 0.0) & (beats <= (seconds or record["seconds"]))
+        scores.append(rr_variation(beats[inside], "".join(k for k, keep in zip(kinds, inside) if keep)))
+        positive.append(SA in record["labels"])
+    _, auprc, _, _ = compute_auc(np.array(positive, dtype=float)[:, None], np.array(scores)[:, None])
+    return float(auprc)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", required=True, help="a bench_quality.py --work folder")
+    parser.add_argument("--model", required=True,
+                        help="the model spec bench_quality.py trained, e.g. small:time_warp=0.3")
+    parser.add_argument("--train-seed", type=int, help="the --train-seed it was trained with (default: the data's)")
+    parser.add_argument("--cuts", nargs="+", type=float, default=[6.0, 8.0, 10.0, 20.0],
+                        help="seconds of each long test record to read")
+    parser.add_argument("--out", help="also write the Markdown here")
+    args = parser.parse_args()
+    with open(os.path.join(args.work, "data.json")) as f:
+        data_seed = json.load(f)["seed"]
+    train_seed = data_seed if args.train_seed is None else args.train_seed
+    name = re.sub(r"[^\w.=,-]+", "_", args.model) + (f".seed{train_seed}" if train_seed != data_seed else "")
+    weights = os.path.join(args.work, name + ".pt")
+    if not os.path.isfile(weights):
+        sys.exit(f"{weights}: no such weights; train them with bench_quality.py --work {args.work} "
+                 f"--models {args.model!r}" + (f" --train-seed {train_seed}" if train_seed != data_seed else ""))
+    short_dirs = sorted(glob.glob(os.path.join(args.work, "test_short_*")))
+    if not short_dirs:
+        sys.exit(f"{args.work}: no test_short_* folder; bench_quality.py writes it")
+
+    table = load_scoring("2021")
+    model, preset, training, preprocessing = build_model(args.model, table.num_classes)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    preprocess = PreprocessConfig(target_fs=PRESET_SAMPLING_RATES[preset], window_samples=model.config.num_samples,
+                                  **preprocessing)
+    config = TrainConfig(**{"preset": preset, "device": "cpu", "batch_size": 16, "seed": train_seed,
+                            **training}).resolved()
+    cache = build_cache(os.path.join(args.work, "train"),
+                        os.path.join(args.work, f"cache_{preprocess.target_fs}_{preprocess.window_samples}_"
+                                                f"{preprocess.scaling}"),
+                        preprocess, table, max_seconds=60.0, progress=False, log=lambda message: None)
+    network, _ = LeadSetModels(model, cache, preprocess, config)(TWELVE_LEADS)
+    whole = reading_config(preprocess, "whole")
+    test_records = read_test_set(os.path.join(args.work, "test"), preprocess)
+    records = test_records + read_test_set(short_dirs[-1], preprocess)
+    with open(os.path.join(args.work, "test_events.json")) as f:
+        events = json.load(f)
+
+    index = table.code_to_index()
+    rhythm, sa = [index[code] for code in RHYTHM_CLASSES.values()], index[SA]
+    labels = encode_labels([r["labels"] for r in records], table)
+    probabilities = predict(network, [r["signal"] for r in records], whole)
+    seconds = np.array([r["seconds"] for r in records])
+    lines = [f"`{args.model}`, training seed {train_seed}, 12 leads, whole reading; {len(test_records)} test records "
+             f"and {len(records) - len(test_records)} short ones ({os.path.basename(short_dirs[-1])})", "",
+             "| record length | records | SA records | rhythm AUPRC | SA AUPRC |", "|---|---:|---:|---:|---:|"]
+    for low, high in BANDS:
+        chosen = (seconds > low) & (seconds <= high) if low > 6.0 else (seconds >= low) & (seconds <= high)
+        if labels[chosen][:, sa].sum() == 0:
+            continue
+        columns = auprc_columns(labels[chosen], probabilities[chosen], rhythm, sa)
+        lines.append(f"| {low:g}-{high:g} s | {int(chosen.sum())} | {int(labels[chosen][:, sa].sum())} | "
+                     f"{columns[0]:.3f} | {columns[1]:.3f} |")
+        print(lines[-1], flush=True)
+
+    long_records = [r for r in test_records if r["seconds"] > 20.0]
+    long_labels = encode_labels([r["labels"] for r in long_records], table)
+    lines += ["", f"The {len(long_records)} test records longer than 20 s ({int(long_labels[:, sa].sum())} with SA), "
+              "read as their first L seconds:", "",
+              "| read | rhythm AUPRC | SA AUPRC | SA AUPRC, RR-interval ceiling |", "|---|---:|---:|---:|"]
+    fs = preprocess.target_fs
+    for cut in list(args.cuts) + [None]:
+        signals = [r["signal"][:, :int(round(cut * fs))] if cut else r["signal"] for r in long_records]
+        columns = auprc_columns(long_labels, predict(network, signals, whole), rhythm, sa)
+        lines.append(f"| {'first %g s' % cut if cut else 'whole'} | {columns[0]:.3f} | {columns[1]:.3f} | "
+                     f"{ceiling_sa_auprc(long_records, events, cut):.3f} |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines)
+    print("\n" + text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

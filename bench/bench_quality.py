@@ -336,6 +336,14 @@ def check_work_data(args):
             json.dump(wanted, f)
 
 
+def print_table(text, out=None):
+    """The whole Markdown once more at the end, where a long run's log is read first; also into `out` if given."""
+    print("\n" + text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-records", type=int, default=2000)
@@ -416,11 +424,7 @@ def main():
                 notes.append(f"{spec}: strongest {name} evidence within 0.3 s of a marked ectopic beat in {hits} of "
                              f"{total} {name} records ({100 * hits / max(total, 1):.0f} %), 12 leads")
             print(notes[-2] + "\n" + notes[-1], flush=True)
-    text = "\n".join(lines + [""] + notes)
-    print("\n" + text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    print_table("\n".join(lines + [""] + notes), args.out)
 
 
 if __name__ == "__main__":

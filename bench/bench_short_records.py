@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_quality import (RHYTHM_CLASSES, LeadSetModels, build_model, predict, read_test_set,  # noqa: E402
-                           reading_config)
+from bench_quality import (RHYTHM_CLASSES, LeadSetModels, build_model, predict, print_table,  # noqa: E402
+                           read_test_set, reading_config)
 from bench_rhythm_oracle import rr_variation  # noqa: E402
 
 from ecgmamba.cache import build_cache  # noqa: E402
@@ -136,11 +136,7 @@ def main():
         lines.append(f"| {'first %g s' % cut if cut else 'whole'} | {columns[0]:.3f} | {columns[1]:.3f} | "
                      f"{ceiling_sa_auprc(long_records, events, cut):.3f} |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    print_table("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

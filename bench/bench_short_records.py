@@ -9,7 +9,8 @@ SPEC.seedN.pt for a --train-seed other than the data's seed). The 12-lead networ
 it (sliced, BatchNorm statistics re-estimated, the whole record in one pass). Printed:
 
 1. rhythm-class (PAC, PVC, SA, AF) and SA AUPRC by length band, over the test records and the short-record set
-   together, with the number of SA records in each band;
+   together, with the number of SA records in each band; then bench_quality.py's short-record gap (records of 10 s
+   or less against test records over 20 s) with a bootstrap interval, which says how much of it is sampling;
 2. the test records longer than 20 s read as their first L seconds, for each cut L and whole, the network's SA and
    rhythm-class AUPRC beside the SA AUPRC of the ceiling (bench_rhythm_oracle.py's RR-interval spread among
    sinus-rhythm records, from the generator's beats inside the cut).
@@ -53,6 +54,21 @@ def auprc_columns(labels, probabilities, rhythm, sa):
     return float(np.nanmean(per_class[rhythm])), float(per_class[sa])
 
 
+def bootstrap_gap(labels, probabilities, short, long, classes, resamples, seed=0):
+    """Macro AUPRC over `classes` of the `long` records minus that of the `short` ones (boolean masks), and its 95 %
+    interval from resampling each set's records with replacement (the resampled counts weigh the records)."""
+    rng = np.random.default_rng(seed)
+
+    def auprc(chosen, counts=None):
+        _, _, _, per_class = compute_auc(labels[chosen][:, classes], probabilities[chosen][:, classes], counts)
+        return float(np.nanmean(per_class))
+
+    gaps = [auprc(long, rng.multinomial(long.sum(), np.full(long.sum(), 1.0 / long.sum())))
+            - auprc(short, rng.multinomial(short.sum(), np.full(short.sum(), 1.0 / short.sum())))
+            for _ in range(resamples)]
+    return auprc(long) - auprc(short), np.percentile(gaps, [2.5, 97.5])
+
+
 def ceiling_sa_auprc(records, events, seconds):
     """SA AUPRC of the RR-interval spread among sinus-rhythm records, from the beats in the first `seconds`."""
     scores, positive = [], []
@@ -75,6 +91,8 @@ def main():
     parser.add_argument("--train-seed", type=int, help="the --train-seed it was trained with (default: the data's)")
     parser.add_argument("--cuts", nargs="+", type=float, default=[6.0, 8.0, 10.0, 20.0],
                         help="seconds of each long test record to read")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="resamples for the interval of the short-record gap (0: none)")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args()
     with open(os.path.join(args.work, "data.json")) as f:
@@ -123,6 +141,16 @@ def main():
         lines.append(f"| {low:g}-{high:g} s | {int(chosen.sum())} | {int(labels[chosen][:, sa].sum())} | "
                      f"{columns[0]:.3f} | {columns[1]:.3f} |")
         print(lines[-1], flush=True)
+
+    if args.bootstrap:
+        short, long = seconds <= 10.0, (np.arange(len(records)) < len(test_records)) & (seconds > 20.0)
+        lines += ["", f"How far records of 10 s or less fall below the test records over 20 s ({int(short.sum())} and "
+                  f"{int(long.sum())} records), with a 95 % interval from {args.bootstrap} bootstrap resamples of "
+                  "each set:", "", "| AUPRC | gap | 95 % interval |", "|---|---:|---:|"]
+        for label, classes in (("rhythm classes", rhythm), ("SA", [sa])):
+            gap, (low, high) = bootstrap_gap(labels, probabilities, short, long, classes, args.bootstrap)
+            lines.append(f"| {label} | {gap:.3f} | {low:.3f} to {high:.3f} |")
+            print(lines[-1], flush=True)
 
     long_records = [r for r in test_records if r["seconds"] > 20.0]
     long_labels = encode_labels([r["labels"] for r in long_records], table)

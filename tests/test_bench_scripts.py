@@ -123,10 +123,11 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     assert (tmp_path / "work" / "resnet.pt").exists()
     # bench_short_records reads the saved network on the same data: by length band, and long records cut short
     lengths = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
-                   "--cuts", "6", "10", "--out", str(tmp_path / "lengths.md")])
+                   "--cuts", "6", "10", "--bootstrap", "20", "--out", str(tmp_path / "lengths.md")])
     assert lengths.returncode == 0, lengths.stderr[-3000:]
     text = (tmp_path / "lengths.md").read_text()
     assert "| record length | records | SA records | rhythm AUPRC | SA AUPRC |" in text
+    assert "| AUPRC | gap | 95 % interval |" in text and "| rhythm classes | " in text
     assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| first") or
             line.startswith("| whole")] == ["first 6 s", "first 10 s", "whole"]
     missing = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,

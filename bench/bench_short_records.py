@@ -2,7 +2,8 @@
 """Where the short-record gap comes from: a network that bench_quality.py trained, read by record length and on
 long records cut short, beside the RR-interval ceiling on the same cuts.
 
-    python bench/bench_short_records.py --work DIR --model SPEC [--train-seed N] [--cuts 6 8 10 20] [--out FILE]
+    python bench/bench_short_records.py --work DIR --model SPEC [--train-seed N] [--short-records N]
+                                        [--cuts 6 8 10 20] [--bootstrap 1000] [--out FILE]
 
 --work is a folder where bench_quality.py trained SPEC: its generated data, cache and weights (SPEC.pt, or
 SPEC.seedN.pt for a --train-seed other than the data's seed). The 12-lead network is read as bench_quality.py reads
@@ -33,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_quality import (RHYTHM_CLASSES, LeadSetModels, build_model, predict, print_table,  # noqa: E402
-                           read_test_set, reading_config)
+                           read_test_set, reading_config, write_test_set)
 from bench_rhythm_oracle import rr_variation  # noqa: E402
 
 from ecgmamba.cache import build_cache  # noqa: E402
@@ -91,6 +92,9 @@ def main():
     parser.add_argument("--train-seed", type=int, help="the --train-seed it was trained with (default: the data's)")
     parser.add_argument("--cuts", nargs="+", type=float, default=[6.0, 8.0, 10.0, 20.0],
                         help="seconds of each long test record to read")
+    parser.add_argument("--short-records", type=int,
+                        help="short-record set to read (test_short_N, written if absent with bench_quality.py's seed, "
+                             "so a larger set extends the smaller one); default: the largest in --work")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="resamples for the interval of the short-record gap (0: none)")
     parser.add_argument("--out", help="also write the Markdown here")
@@ -103,9 +107,14 @@ def main():
     if not os.path.isfile(weights):
         sys.exit(f"{weights}: no such weights; train them with bench_quality.py --work {args.work} "
                  f"--models {args.model!r}" + (f" --train-seed {train_seed}" if train_seed != data_seed else ""))
-    short_dirs = sorted(glob.glob(os.path.join(args.work, "test_short_*")))
-    if not short_dirs:
+    held = {int(m.group(1)): path for path in glob.glob(os.path.join(args.work, "test_short_*"))
+            if (m := re.fullmatch(r"test_short_(\d+)", os.path.basename(path)))}
+    if args.short_records is None and not held:
         sys.exit(f"{args.work}: no test_short_* folder; bench_quality.py writes it")
+    count = max(held) if args.short_records is None else args.short_records
+    short_dir = os.path.join(args.work, f"test_short_{count}")
+    if not os.path.isdir(short_dir):  # bench_quality.py's seed for the short set: the first N records are shared
+        write_test_set(short_dir, count, data_seed + 2, seconds=(6.0, 10.0), prefix="HARDSH")
 
     table = load_scoring("2021")
     model, preset, training, preprocessing = build_model(args.model, table.num_classes)
@@ -121,7 +130,7 @@ def main():
     network, _ = LeadSetModels(model, cache, preprocess, config)(TWELVE_LEADS)
     whole = reading_config(preprocess, "whole")
     test_records = read_test_set(os.path.join(args.work, "test"), preprocess)
-    records = test_records + read_test_set(short_dirs[-1], preprocess)
+    records = test_records + read_test_set(short_dir, preprocess)
     with open(os.path.join(args.work, "test_events.json")) as f:
         events = json.load(f)
 
@@ -131,7 +140,7 @@ def main():
     probabilities = predict(network, [r["signal"] for r in records], whole)
     seconds = np.array([r["seconds"] for r in records])
     lines = [f"`{args.model}`, training seed {train_seed}, 12 leads, whole reading; {len(test_records)} test records "
-             f"and {len(records) - len(test_records)} short ones ({os.path.basename(short_dirs[-1])})", "",
+             f"and {len(records) - len(test_records)} short ones ({os.path.basename(short_dir)})", "",
              "| record length | records | SA records | rhythm AUPRC | SA AUPRC |", "|---|---:|---:|---:|---:|"]
     for low, high in BANDS:
         chosen = (seconds > low) & (seconds <= high) if low > 6.0 else (seconds >= low) & (seconds <= high)

@@ -130,6 +130,14 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     assert "| AUPRC | gap | 95 % interval |" in text and "| rhythm classes | " in text
     assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| first") or
             line.startswith("| whole")] == ["first 6 s", "first 10 s", "whole"]
+    larger = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
+                  "--short-records", "8", "--cuts", "6", "--bootstrap", "0"])
+    assert larger.returncode == 0, larger.stderr[-3000:]
+    assert "8 short ones (test_short_8)" in larger.stdout and "| AUPRC | gap |" not in larger.stdout
+    smaller, extended = tmp_path / "work" / "test_short_6", tmp_path / "work" / "test_short_8"
+    assert len(list(extended.glob("*.hea"))) == 8
+    for header in smaller.glob("*.hea"):  # a larger short set extends the smaller one with the same records
+        assert (extended / header.name).read_text() == header.read_text()
     missing = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
                    "--train-seed", "7"])
     assert missing.returncode != 0 and ".seed7.pt: no such weights" in missing.stderr

@@ -336,6 +336,35 @@ def check_work_data(args):
             json.dump(wanted, f)
 
 
+def short_test_dir(work, count, data_seed):
+    """The folder of `count` extra test records of 6-10 s in `work`, written first if absent. Record i depends on
+    the data seed and i only, so a larger set begins with the records of a smaller one."""
+    directory = os.path.join(work, f"test_short_{count}")
+    if not os.path.isdir(directory):
+        write_test_set(directory, count, data_seed + 2, seconds=(6.0, 10.0), prefix="HARDSH")
+    return directory
+
+
+def weights_path(work, spec, train_seed, data_seed):
+    """Where a trained model's state dict is kept in `work`: SPEC.pt, SPEC.seedN.pt for another training seed."""
+    name = re.sub(r"[^\w.=,-]+", "_", spec) + (f".seed{train_seed}" if train_seed != data_seed else "")
+    return os.path.join(work, name + ".pt")
+
+
+def prepare(spec, table, work, batch_size, train_seed):
+    """(untrained network, preprocessing, training settings, training cache) for a model spec; the cache of the
+    training records in `work` is built once per sampling rate, window and scaling and shared by the specs."""
+    model, preset, training, preprocessing = build_model(spec, table.num_classes)
+    fs = PRESET_SAMPLING_RATES[preset]
+    window = model.config.num_samples if hasattr(model.config, "num_samples") else preset_config(preset).num_samples
+    preprocess = PreprocessConfig(target_fs=fs, window_samples=window, **preprocessing)
+    config = TrainConfig(**{"preset": preset, "device": "cpu", "batch_size": batch_size, "seed": train_seed,
+                            **training}).resolved()
+    cache = build_cache(os.path.join(work, "train"), os.path.join(work, f"cache_{fs}_{window}_{preprocess.scaling}"),
+                        preprocess, table, max_seconds=60.0, progress=False, log=lambda message: None)
+    return model, preprocess, config, cache
+
+
 def print_table(text, out=None):
     """The whole Markdown once more at the end, where a long run's log is read first; also into `out` if given."""
     print("\n" + text)
@@ -373,9 +402,7 @@ def main():
         events = write_test_set(test_dir, args.test_records, args.seed + 1)
         with open(os.path.join(args.work, "test_events.json"), "w") as f:
             json.dump(events, f)
-    short_dir = os.path.join(args.work, f"test_short_{args.short_test_records}")
-    if not os.path.isdir(short_dir):
-        write_test_set(short_dir, args.short_test_records, args.seed + 2, seconds=(6.0, 10.0), prefix="HARDSH")
+    short_dir = short_test_dir(args.work, args.short_test_records, args.seed)
 
     lines = [f"Hard benchmark: {args.train_records} training records (10 s), {args.test_records} test records "
              f"(6-60 s) and {args.short_test_records} more of 6-10 s for the short-record columns, {args.epochs} epochs, batch budget {args.batch_size} windows, torch {torch.__version__}, "
@@ -385,22 +412,13 @@ def main():
     notes = []
     for spec in args.models:
         torch.manual_seed(train_seed)
-        model, preset, training, preprocessing = build_model(spec, table.num_classes)
-        fs = PRESET_SAMPLING_RATES[preset]
-        window = model.config.num_samples if hasattr(model.config, "num_samples") else preset_config(preset).num_samples
-        preprocess = PreprocessConfig(target_fs=fs, window_samples=window, **preprocessing)
-        config = TrainConfig(**{"preset": preset, "device": "cpu", "batch_size": args.batch_size, "seed": train_seed,
-                                **training}).resolved()
-        cache = build_cache(train_dir, os.path.join(args.work, f"cache_{fs}_{window}_{preprocess.scaling}"),
-                            preprocess, table,
-                            max_seconds=60.0, progress=False, log=lambda message: None)
+        model, preprocess, config, cache = prepare(spec, table, args.work, args.batch_size, train_seed)
         test_records, short_records = read_test_set(test_dir, preprocess), read_test_set(short_dir, preprocess)
         lr = 1e-3 if isinstance(model, ResNet1D) else 3e-3
         started = time.perf_counter()
         train(model, cache, preprocess, args.epochs, config, lr, table)
         seconds = time.perf_counter() - started
-        name = re.sub(r"[^\w.=,-]+", "_", spec) + (f".seed{train_seed}" if train_seed != args.seed else "")
-        torch.save(model.state_dict(), os.path.join(args.work, name + ".pt"))
+        torch.save(model.state_dict(), weights_path(args.work, spec, train_seed, args.seed))
         models = LeadSetModels(model, cache, preprocess, config)
         readings = args.readings if isinstance(model, ECGMamba) else [r for r in args.readings if r != "mixed BN"]
         for reading in readings:

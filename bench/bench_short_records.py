@@ -33,18 +33,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_quality import (RHYTHM_CLASSES, LeadSetModels, build_model, predict, print_table,  # noqa: E402
-                           read_test_set, reading_config, write_test_set)
+from bench_quality import (RHYTHM_CLASSES, LeadSetModels, predict, prepare, print_table, read_test_set,  # noqa: E402
+                           reading_config, short_test_dir, weights_path)
 from bench_rhythm_oracle import rr_variation  # noqa: E402
 
-from ecgmamba.cache import build_cache  # noqa: E402
 from ecgmamba.metrics import compute_auc  # noqa: E402
-from ecgmamba.model import PRESET_SAMPLING_RATES  # noqa: E402
-from ecgmamba.preprocess import PreprocessConfig  # noqa: E402
 from ecgmamba.records import TWELVE_LEADS  # noqa: E402
 from ecgmamba.scoring import encode_labels, load_scoring  # noqa: E402
 from ecgmamba.synthetic import SA, SINUS_RHYTHMS  # noqa: E402
-from ecgmamba.train import TrainConfig  # noqa: E402
 
 BANDS = ((6.0, 8.0), (8.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, 60.0))
 
@@ -102,31 +98,19 @@ def main():
     with open(os.path.join(args.work, "data.json")) as f:
         data_seed = json.load(f)["seed"]
     train_seed = data_seed if args.train_seed is None else args.train_seed
-    name = re.sub(r"[^\w.=,-]+", "_", args.model) + (f".seed{train_seed}" if train_seed != data_seed else "")
-    weights = os.path.join(args.work, name + ".pt")
+    weights = weights_path(args.work, args.model, train_seed, data_seed)
     if not os.path.isfile(weights):
         sys.exit(f"{weights}: no such weights; train them with bench_quality.py --work {args.work} "
                  f"--models {args.model!r}" + (f" --train-seed {train_seed}" if train_seed != data_seed else ""))
-    held = {int(m.group(1)): path for path in glob.glob(os.path.join(args.work, "test_short_*"))
-            if (m := re.fullmatch(r"test_short_(\d+)", os.path.basename(path)))}
+    held = [int(m.group(1)) for path in glob.glob(os.path.join(args.work, "test_short_*"))
+            if (m := re.fullmatch(r"test_short_(\d+)", os.path.basename(path)))]
     if args.short_records is None and not held:
         sys.exit(f"{args.work}: no test_short_* folder; bench_quality.py writes it")
-    count = max(held) if args.short_records is None else args.short_records
-    short_dir = os.path.join(args.work, f"test_short_{count}")
-    if not os.path.isdir(short_dir):  # bench_quality.py's seed for the short set: the first N records are shared
-        write_test_set(short_dir, count, data_seed + 2, seconds=(6.0, 10.0), prefix="HARDSH")
+    short_dir = short_test_dir(args.work, max(held) if args.short_records is None else args.short_records, data_seed)
 
     table = load_scoring("2021")
-    model, preset, training, preprocessing = build_model(args.model, table.num_classes)
+    model, preprocess, config, cache = prepare(args.model, table, args.work, 16, train_seed)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    preprocess = PreprocessConfig(target_fs=PRESET_SAMPLING_RATES[preset], window_samples=model.config.num_samples,
-                                  **preprocessing)
-    config = TrainConfig(**{"preset": preset, "device": "cpu", "batch_size": 16, "seed": train_seed,
-                            **training}).resolved()
-    cache = build_cache(os.path.join(args.work, "train"),
-                        os.path.join(args.work, f"cache_{preprocess.target_fs}_{preprocess.window_samples}_"
-                                                f"{preprocess.scaling}"),
-                        preprocess, table, max_seconds=60.0, progress=False, log=lambda message: None)
     network, _ = LeadSetModels(model, cache, preprocess, config)(TWELVE_LEADS)
     whole = reading_config(preprocess, "whole")
     test_records = read_test_set(os.path.join(args.work, "test"), preprocess)

@@ -120,14 +120,20 @@ def load_checkpoint(path, device="cpu"):
         raise ModelFileError(f"{path}: not a checkpoint (no description in its metadata)") from None
 
 
-def load_state_into(module, path, device="cpu", expected_digest=None):
-    """Load a safetensors state dict into `module`, naming missing or unexpected tensors on mismatch.
-    expected_digest: the digest the file must carry (recorded by the JSON written with it)."""
+def load_described_tensors(path, expected_digest=None, device="cpu"):
+    """load_tensors, also refusing a file whose digest is not `expected_digest` (recorded by the JSON written
+    with it)."""
     state, metadata = load_tensors(path, device, with_metadata=True)
     if expected_digest is not None and metadata.get("sha256") != expected_digest:
         raise ModelFileError(f"{path}: these weights are not the ones its JSON description was saved with "
                              "(a save was interrupted between the two files?); train again")
-    return load_state_dict_checked(module, state, path)
+    return state
+
+
+def load_state_into(module, path, device="cpu", expected_digest=None):
+    """Load a safetensors state dict into `module`, naming missing or unexpected tensors on mismatch.
+    expected_digest: the digest the file must carry (recorded by the JSON written with it)."""
+    return load_state_dict_checked(module, load_described_tensors(path, expected_digest, device), path)
 
 
 def load_state_dict_checked(module, state, path):

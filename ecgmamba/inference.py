@@ -58,17 +58,18 @@ def save_lead_model(model_directory, leads, model, table, thresholds, preprocess
     take 500 MB. So when most of this model's tensors equal the base's, sliced to these leads, only the others are
     written, and the JSON names the base by its digest and records the digest of the whole state for load_model
     to check after rebuilding it."""
-    from ecgmamba.train import specialise
+    from ecgmamba.train import sliced_state
 
     stem = os.path.join(model_directory, model_file_stem(leads))
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     description = {}
     if base is not None:
         base_leads, base_network, base_digest = base
-        reference = specialise(base_network, leads).state_dict()
+        reference = sliced_state({name: tensor.detach().cpu() for name, tensor in base_network.state_dict().items()},
+                                 leads)
         own = {name: tensor for name, tensor in state.items()
                if not (name in reference and reference[name].shape == tensor.shape
-                       and torch.equal(reference[name].detach().cpu(), tensor))}
+                       and torch.equal(reference[name], tensor))}
         if sum(t.nbytes for t in own.values()) <= sum(t.nbytes for t in state.values()) // 2:
             description = {"base": {"leads": list(base_leads), "weights_sha256": base_digest},
                            "state_sha256": checkpoint.tensors_digest(state)}
@@ -148,7 +149,7 @@ def _load_on_base(model_directory, stem, meta, config):
 
     try:
         base_leads, base_digest = tuple(meta["base"]["leads"]), meta["base"]["weights_sha256"]
-        leads, state_digest = tuple(meta["leads"]), meta["state_sha256"]
+        leads, state_digest, own_digest = tuple(meta["leads"]), meta["state_sha256"], meta["weights_sha256"]
     except (KeyError, TypeError) as error:
         raise checkpoint.ModelFileError(f"{stem}.json: incomplete description of its base model ({error})") from None
     base_stem = os.path.join(model_directory, model_file_stem(base_leads))
@@ -156,13 +157,8 @@ def _load_on_base(model_directory, stem, meta, config):
         raise checkpoint.ModelFileError(
             f"{stem}.json: stored as differences from {base_stem}.safetensors, which has been replaced since (a "
             "training into this folder interrupted between the two?); train again")
-    base, base_metadata = checkpoint.load_tensors(base_stem + ".safetensors", with_metadata=True)
-    own, metadata = checkpoint.load_tensors(stem + ".safetensors", with_metadata=True)
-    for path, found, wanted in ((base_stem, base_metadata, base_digest), (stem, metadata, meta["weights_sha256"])):
-        if found.get("sha256") != wanted:
-            raise checkpoint.ModelFileError(f"{path}.safetensors: these weights are not the ones its JSON description "
-                                            "was saved with (a save was interrupted between the two files?); train "
-                                            "again")
+    base = checkpoint.load_described_tensors(base_stem + ".safetensors", base_digest)
+    own = checkpoint.load_described_tensors(stem + ".safetensors", own_digest)
     try:
         state = {**sliced_state(base, leads), **own}
     except (KeyError, ValueError, IndexError) as error:

@@ -139,6 +139,28 @@ def write_test_set(directory, n, seed, seconds=(6.0, 60.0), prefix="HARDTE"):
     return events
 
 
+def write_paired_test_sets(directory, n, seed, short=(6.0, 10.0), long=(20.0, 60.0)):
+    """n patients, each recorded twice at one rate: a record of `short` seconds in directory/short and one of `long`
+    seconds in directory/long, both named HARDPA{i}. The generator draws labels, heart rate, axis, morphology and
+    intervals before anything that depends on the length, so the pair shares all of them and differs in the beats,
+    the noise and the length: comparing the two sets measures what length costs, free of which patients each holds.
+    Returns {"short": events, "long": events}, each {record id: beat times} as write_test_set's."""
+    events = {"short": {}, "long": {}}
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(n)):
+        rng = np.random.default_rng(child)
+        fs = int(rng.choice(MIXED_RATES, p=MIXED_RATE_WEIGHTS))
+        seconds = {"short": float(rng.uniform(*short)), "long": float(rng.uniform(*long))}
+        patient = rng.integers(2 ** 63)
+        record_id = f"HARDPA{i + 1:05d}"
+        for part in ("short", "long"):
+            signal, labels, age, sex, beats = generate_record(np.random.default_rng(patient), fs, seconds[part],
+                                                             hard=True, return_events=True)
+            os.makedirs(os.path.join(directory, part), exist_ok=True)
+            write_record(os.path.join(directory, part), record_id, signal, fs, labels, age, sex)
+            events[part][record_id] = beats
+    return events
+
+
 def train(model, cache, preprocess, epochs, config, lr, table):
     dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS,
                             config.seed, config.noise_augment, config.wander_augment, config.time_warp,

@@ -3,7 +3,7 @@
 long records cut short, beside the RR-interval ceiling on the same cuts.
 
     python bench/bench_short_records.py --work DIR --model SPEC [--train-seed N] [--short-records N]
-                                        [--cuts 6 8 10 20] [--bootstrap 1000] [--out FILE]
+                                        [--paired N] [--cuts 6 8 10 20] [--bootstrap 1000] [--out FILE]
 
 --work is a folder where bench_quality.py trained SPEC: its generated data, cache and weights (SPEC.pt, or
 SPEC.seedN.pt for a --train-seed other than the data's seed). The 12-lead network is read as bench_quality.py reads
@@ -12,7 +12,10 @@ it (sliced, BatchNorm statistics re-estimated, the whole record in one pass). Pr
 1. rhythm-class (PAC, PVC, SA, AF) and SA AUPRC by length band, over the test records and the short-record set
    together, with the number of SA records in each band; then bench_quality.py's short-record gap (records of 10 s
    or less against test records over 20 s) with a bootstrap interval, which says how much of it is sampling;
-2. the test records longer than 20 s read as their first L seconds, for each cut L and whole, the network's SA and
+2. with --paired N, the same gap on N patients each recorded twice, for 6-10 s and for 20-60 s (bench_quality.py's
+   write_paired_test_sets): the two sets hold the same labels, rates and morphologies, so the gap is what length
+   costs, per class, with an interval from resampling the patients, beside the RR-interval ceiling's SA gap;
+3. the test records longer than 20 s read as their first L seconds, for each cut L and whole, the network's SA and
    rhythm-class AUPRC beside the SA AUPRC of the ceiling (bench_rhythm_oracle.py's RR-interval spread among
    sinus-rhythm records, from the generator's beats inside the cut).
 
@@ -34,7 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_quality import (RHYTHM_CLASSES, LeadSetModels, predict, prepare, print_table, read_test_set,  # noqa: E402
-                           reading_config, short_test_dir, weights_path)
+                           reading_config, short_test_dir, weights_path, write_paired_test_sets)
 from bench_rhythm_oracle import rr_variation  # noqa: E402
 
 from ecgmamba.metrics import compute_auc  # noqa: E402
@@ -66,6 +69,64 @@ def bootstrap_gap(labels, probabilities, short, long, classes, resamples, seed=0
     return auprc(long) - auprc(short), np.percentile(gaps, [2.5, 97.5])
 
 
+def paired_gap(short_labels, short_probabilities, long_probabilities, classes, resamples, seed=0):
+    """Macro AUPRC over `classes` of the long records minus that of the short ones, where record i of each set is
+    the same patient (so `short_labels` serve both), and its 95 % interval from resampling the patients: each
+    resample weighs a patient's two records alike."""
+    rng = np.random.default_rng(seed)
+    n = len(short_labels)
+
+    def gap(counts=None):
+        _, _, _, long_auprc = compute_auc(short_labels[:, classes], long_probabilities[:, classes], counts)
+        _, _, _, short_auprc = compute_auc(short_labels[:, classes], short_probabilities[:, classes], counts)
+        return float(np.nanmean(long_auprc) - np.nanmean(short_auprc)), float(np.nanmean(short_auprc))
+
+    gaps = [gap(rng.multinomial(n, np.full(n, 1.0 / n)))[0] for _ in range(resamples)]
+    value, short_auprc = gap()
+    return short_auprc, short_auprc + value, value, np.percentile(gaps, [2.5, 97.5]) if gaps else (np.nan, np.nan)
+
+
+def paired_test_dir(work, count, data_seed):
+    """(folder, beat times) of `count` patients recorded short and long in `work`, written first if absent; the
+    events file is written last, so a folder without it is an interrupted write and is written again."""
+    directory = os.path.join(work, f"test_paired_{count}")
+    events_path = os.path.join(directory, "events.json")
+    if not os.path.isfile(events_path):
+        events = write_paired_test_sets(directory, count, data_seed + 3)
+        with open(events_path, "w") as f:
+            json.dump(events, f)
+    with open(events_path) as f:
+        return directory, json.load(f)
+
+
+def paired_lines(network, whole, preprocess, table, work, count, data_seed, resamples):
+    """The --paired section: per class, AUPRC of the short and the long records of the same patients and the gap."""
+    directory, events = paired_test_dir(work, count, data_seed)
+    short, long = (read_test_set(os.path.join(directory, part), preprocess) for part in ("short", "long"))
+    if [r["labels"] for r in short] != [r["labels"] for r in long]:
+        sys.exit(f"{directory}: the short and long records do not pair up (same labels in the same order); "
+                 "delete the folder to write it again")
+    index = table.code_to_index()
+    labels = encode_labels([r["labels"] for r in short], table)
+    short_p, long_p = (predict(network, [r["signal"] for r in part], whole) for part in (short, long))
+    lines = [f"The same {count} patients recorded for 6-10 s and for 20-60 s ({os.path.basename(directory)}; "
+             f"{int(labels[:, index[SA]].sum())} with SA), AUPRC, with a 95 % interval from {resamples} resamples of "
+             "the patients:", "", "| classes | patients with it | 6-10 s | 20-60 s | gap | 95 % interval |",
+             "|---|---:|---:|---:|---:|---:|"]
+    rows = [("rhythm classes", [index[code] for code in RHYTHM_CLASSES.values()])]
+    rows += [(name, [index[code]]) for name, code in RHYTHM_CLASSES.items()]
+    for name, classes in rows:
+        low_auprc, high_auprc, gap, (low, high) = paired_gap(labels, short_p, long_p, classes, resamples)
+        lines.append(f"| {name} | {int(labels[:, classes].any(axis=1).sum())} | {low_auprc:.3f} | "
+                     f"{high_auprc:.3f} | {gap:.3f} | {low:.3f} to {high:.3f} |")
+        print(lines[-1], flush=True)
+    ceiling = [ceiling_sa_auprc(part, events[name], None) for name, part in (("short", short), ("long", long))]
+    lines.append(f"| SA, RR-interval ceiling | | {ceiling[0]:.3f} | {ceiling[1]:.3f} | {ceiling[1] - ceiling[0]:.3f} "
+                 "| |")
+    print(lines[-1], flush=True)
+    return lines
+
+
 def ceiling_sa_auprc(records, events, seconds):
     """SA AUPRC of the RR-interval spread among sinus-rhythm records, from the beats in the first `seconds`."""
     scores, positive = [], []
@@ -91,6 +152,8 @@ def main():
     parser.add_argument("--short-records", type=int,
                         help="short-record set to read (test_short_N, written if absent with bench_quality.py's seed, "
                              "so a larger set extends the smaller one); default: the largest in --work")
+    parser.add_argument("--paired", type=int, default=0,
+                        help="patients recorded both short and long (test_paired_N, written if absent; 0: none)")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="resamples for the interval of the short-record gap (0: none)")
     parser.add_argument("--out", help="also write the Markdown here")
@@ -144,6 +207,10 @@ def main():
             gap, (low, high) = bootstrap_gap(labels, probabilities, short, long, classes, args.bootstrap)
             lines.append(f"| {label} | {gap:.3f} | {low:.3f} to {high:.3f} |")
             print(lines[-1], flush=True)
+
+    if args.paired:
+        lines += [""] + paired_lines(network, whole, preprocess, table, args.work, args.paired, data_seed,
+                                     args.bootstrap)
 
     long_records = [r for r in test_records if r["seconds"] > 20.0]
     long_labels = encode_labels([r["labels"] for r in long_records], table)

@@ -105,6 +105,17 @@ def test_rhythm_oracle_length_ranges_parse_and_refuse_impossible_lengths():
             length_range(bad)
 
 
+def test_paired_gap_is_zero_for_equal_readings_and_resamples_patients_together():
+    from bench_short_records import paired_gap
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 3)) < 0.3).astype(float)
+    noisy = labels + rng.normal(0.0, 0.6, labels.shape)
+    short, long, gap, interval = paired_gap(labels, noisy, noisy, [0, 1, 2], resamples=50)
+    assert short == long and gap == 0.0 and list(interval) == [0.0, 0.0]  # same readings: no gap in any resample
+    short, long, gap, (low, high) = paired_gap(labels, noisy, labels, [0, 1], resamples=200)
+    assert long == 1.0 and gap == pytest.approx(1.0 - short) and 0.0 < low < gap < high
+
+
 def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     """bench_quality trains both models (one with noise and time warps), reads the short-record set and saves the weights
     it measured."""
@@ -123,13 +134,22 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     assert (tmp_path / "work" / "resnet.pt").exists()
     # bench_short_records reads the saved network on the same data: by length band, and long records cut short
     lengths = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
-                   "--cuts", "6", "10", "--bootstrap", "20", "--out", str(tmp_path / "lengths.md")])
+                   "--cuts", "6", "10", "--bootstrap", "20", "--paired", "6", "--out", str(tmp_path / "lengths.md")])
     assert lengths.returncode == 0, lengths.stderr[-3000:]
     text = (tmp_path / "lengths.md").read_text()
     assert "| record length | records | SA records | rhythm AUPRC | SA AUPRC |" in text
     assert "| AUPRC | gap | 95 % interval |" in text and "| rhythm classes | " in text
     assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| first") or
             line.startswith("| whole")] == ["first 6 s", "first 10 s", "whole"]
+    paired = [line.split("|")[1].strip() for line in text.splitlines()
+              if line.startswith("| ") and "6-10 s | 20-60 s" not in line and line.count("|") == 7]
+    assert paired == ["rhythm classes", "PAC", "PVC", "SA", "AF", "SA, RR-interval ceiling"]
+    for header in (tmp_path / "work" / "test_paired_6" / "short").glob("*.hea"):  # one patient, two lengths
+        short, long = header.read_text().splitlines(), (header.parent.parent / "long" / header.name).read_text()
+        assert [line for line in short if line.startswith("#")] == [line for line in long.splitlines()
+                                                                    if line.startswith("#")]
+        (_, _, fs, n), (_, _, long_fs, long_n) = short[0].split()[:4], long.split()[:4]
+        assert fs == long_fs and 6.0 <= int(n) / int(fs) <= 10.0 and 20.0 <= int(long_n) / int(fs) <= 60.0
     larger = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
                   "--short-records", "8", "--cuts", "6", "--bootstrap", "0"])
     assert larger.returncode == 0, larger.stderr[-3000:]

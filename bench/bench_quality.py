@@ -109,13 +109,20 @@ TRAINING_KEYS = ("crop", "max_crop_seconds", "min_crop_seconds", "batch_size", "
 PREPROCESS_KEYS = ("scaling",)
 
 
-def build_model(spec, num_classes):
-    """(network, preset, training overrides, preprocessing overrides) for a model spec."""
+def spec_values(spec):
+    """(preset, {key: value}) of a model spec such as small:time_warp=0.3,depth=[3,2]."""
     preset, _, overrides = spec.partition(":")
     values = {}
     for item in filter(None, re.split(r",(?![^\[]*\])", overrides)):  # commas inside [3,2] are a value's
         key, _, value = item.partition("=")
         values[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    return preset, values
+
+
+def build_model(spec, num_classes):
+    """(network, preset, training overrides, preprocessing overrides) for a model spec."""
+    preset, values = spec_values(spec)
+    values.pop("ema", None)  # the benchmark's own training option (see train)
     training = {k: values.pop(k) for k in TRAINING_KEYS if k in values}
     preprocessing = {k: values.pop(k) for k in PREPROCESS_KEYS if k in values}
     if preset == "resnet":  # trained at 250 Hz like small, but decaying matrices only and unwarped, as it was measured
@@ -161,7 +168,12 @@ def write_paired_test_sets(directory, n, seed, short=(6.0, 10.0), long=(20.0, 60
     return events
 
 
-def train(model, cache, preprocess, epochs, config, lr, table):
+def train(model, cache, preprocess, epochs, config, lr, table, ema=0.0):
+    """Trains `model` in place. ema > 0 (a spec's `ema=0.999`, not a TrainConfig field yet): the weights kept at the
+    end are an exponential moving average of the weights after each step, with that decay per step, an experiment
+    against the run-to-run spread; BatchNorm statistics are re-estimated afterwards anyway (LeadSetModels)."""
+    average = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema)) if ema else None
     dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS,
                             config.seed, config.noise_augment, config.wander_augment, config.time_warp,
                             warp_keeps(table), episodic_classes(table) if config.min_crop_seconds else None)
@@ -184,7 +196,13 @@ def train(model, cache, preprocess, epochs, config, lr, table):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             step += 1
+    if average is not None:
+        with torch.no_grad():
+            for kept, averaged in zip(model.parameters(), average.module.parameters()):
+                kept.copy_(averaged)
     return model.eval()
 
 
@@ -438,7 +456,7 @@ def main():
         test_records, short_records = read_test_set(test_dir, preprocess), read_test_set(short_dir, preprocess)
         lr = 1e-3 if isinstance(model, ResNet1D) else 3e-3
         started = time.perf_counter()
-        train(model, cache, preprocess, args.epochs, config, lr, table)
+        train(model, cache, preprocess, args.epochs, config, lr, table, spec_values(spec)[1].get("ema", 0.0))
         seconds = time.perf_counter() - started
         torch.save(model.state_dict(), weights_path(args.work, spec, train_seed, args.seed))
         models = LeadSetModels(model, cache, preprocess, config)

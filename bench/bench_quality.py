@@ -27,7 +27,8 @@ arrhythmia's AUPRC within each sinus rate (normal, bradycardia, tachycardia; 12 
 evidence lies.
 A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, the training settings `crop`
 (`variable` or `window`), `max_crop_seconds`, `batch_size` (in windows), `weight_decay` and `weight_decay_scope`,
-`noise_augment`, `wander_augment` and `time_warp`, and the preprocessing's `scaling`, e.g.
+`noise_augment`, `wander_augment` and `time_warp`, the benchmark's own `ema` (keep a moving average of the weights
+with this decay per step; tried once and lost), and the preprocessing's `scaling`, e.g.
 `small:pooling=mean,position=none,crop=window,scaling=record`.
 """
 

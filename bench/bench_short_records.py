@@ -70,20 +70,23 @@ def bootstrap_gap(labels, probabilities, short, long, classes, resamples, seed=0
 
 
 def paired_gap(short_labels, short_probabilities, long_probabilities, classes, resamples, seed=0):
-    """Macro AUPRC over `classes` of the long records minus that of the short ones, where record i of each set is
-    the same patient (so `short_labels` serve both), and its 95 % interval from resampling the patients: each
-    resample weighs a patient's two records alike."""
+    """(short AUPRC, long AUPRC, gap, 95 % interval of the gap): macro AUPRC over `classes` of two sets whose
+    record i is the same patient (so `short_labels` serve both); each resample of the patients weighs a patient's
+    two records alike."""
     rng = np.random.default_rng(seed)
     n = len(short_labels)
 
-    def gap(counts=None):
-        _, _, _, long_auprc = compute_auc(short_labels[:, classes], long_probabilities[:, classes], counts)
-        _, _, _, short_auprc = compute_auc(short_labels[:, classes], short_probabilities[:, classes], counts)
-        return float(np.nanmean(long_auprc) - np.nanmean(short_auprc)), float(np.nanmean(short_auprc))
+    def auprcs(counts=None):
+        return [float(np.nanmean(compute_auc(short_labels[:, classes], p[:, classes], counts)[3]))
+                for p in (short_probabilities, long_probabilities)]
 
-    gaps = [gap(rng.multinomial(n, np.full(n, 1.0 / n)))[0] for _ in range(resamples)]
-    value, short_auprc = gap()
-    return short_auprc, short_auprc + value, value, np.percentile(gaps, [2.5, 97.5]) if gaps else (np.nan, np.nan)
+    short, long = auprcs()
+    gaps = []
+    for _ in range(resamples):
+        resampled_short, resampled_long = auprcs(rng.multinomial(n, np.full(n, 1.0 / n)))
+        gaps.append(resampled_long - resampled_short)
+    interval = np.percentile(gaps, [2.5, 97.5]) if gaps else (np.nan, np.nan)
+    return short, long, long - short, interval
 
 
 def paired_test_dir(work, count, data_seed):

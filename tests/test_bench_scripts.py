@@ -158,9 +158,38 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     assert len(list(extended.glob("*.hea"))) == 8
     for header in smaller.glob("*.hea"):  # a larger short set extends the smaller one with the same records
         assert (extended / header.name).read_text() == header.read_text()
+    twins = run([sys.executable, "bench/bench_sa_twins.py", "--work", str(tmp_path / "work"), "--model", spec,
+                 "--train-records", "24", "--first", "24", "--fresh", "12", "--curve", "1"])
+    assert twins.returncode == 0, twins.stderr[-3000:]
+    assert [line.split("|")[1].strip() for line in twins.stdout.splitlines() if line.startswith("| ")
+            and line.count("|") == 8][1:] == ["training", "fresh"]
+    assert [line.split("|")[1].strip() for line in twins.stdout.splitlines() if line.startswith("| ") and line.count("|") == 13] == [
+        "depth (of RR)", "normal rate", "bradycardia", "tachycardia"]
     missing = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
                    "--train-seed", "7"])
     assert missing.returncode != 0 and ".seed7.pt: no such weights" in missing.stderr
     other = run([sys.executable, "bench/bench_quality.py", "--train-records", "24", "--test-records", "12",
                  "--seed", "1", "--work", str(tmp_path / "work")])
     assert other.returncode != 0 and "holds data generated with" in other.stderr   # not a silent reuse
+
+
+def test_sa_twins_regenerate_the_training_record_and_change_only_the_rhythm():
+    from bench_sa_twins import modulation_depth, twin_pair
+    from ecgmamba import synthetic
+    from ecgmamba.synthetic import SA, generate_record
+
+    pairs = [twin_pair(child, 10.0) for child in np.random.SeedSequence(0).spawn(40)]
+    pairs = [pair for pair in pairs if pair is not None]  # twin_pair itself checks the regeneration
+    assert pairs and any(SA in labels for _, labels, _, _ in pairs)
+    for fs, labels, original, twin in pairs:
+        assert twin.shape == original.shape and not np.array_equal(twin, original)
+    before = dict(synthetic.RESPIRATORY_MODULATION)
+    with pytest.raises(RuntimeError):
+        with modulation_depth(0.08):
+            assert set(synthetic.RESPIRATORY_MODULATION.values()) == {(0.08, 0.08)}
+            raise RuntimeError("leaves the generator as it was")
+    assert synthetic.RESPIRATORY_MODULATION == before
+    with modulation_depth(0.02):  # a depth fixed by hand overrides what the labels would draw
+        low = generate_record(np.random.default_rng(3), 500, 10.0, labels=[synthetic.SR, SA], hard=True)[0]
+    normal = generate_record(np.random.default_rng(3), 500, 10.0, labels=[synthetic.SR, SA], hard=True)[0]
+    assert not np.array_equal(low, normal)

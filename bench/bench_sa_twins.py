@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Does the network read sinus arrhythmia from the rhythm, or recognise the training patients who have it?
+
+    python bench/bench_sa_twins.py --work /tmp/s18/hard --model "small:time_warp=0.3" --train-seed 4 [--fresh 400]
+
+For each sinus record, training record or fresh one, the hard generator writes a twin: the same patient (labels,
+rate, morphology, noise draws, sampling rate, length) with one thing changed, the depth of the respiratory RR
+modulation moved from the sinus-arrhythmia range into the normal one (or the other way round, for records without
+sinus arrhythmia). The generator draws the same random numbers for both, so the twins differ only in their beat
+times. A network that reads the rhythm gives the twin of a training SA record a low SA probability; one that has
+learnt which training patients carry the label gives it a high one, and does no such thing on fresh patients.
+Printed per set: how often the SA record scores above its twin (the paired AUROC), and the median SA probability of
+each. Then the network's response to the modulation depth alone: --curve fresh patients per sinus rate, each
+generated again at every depth (the respiratory RR modulation's amplitude, a fraction of RR; the generator labels
+0.01-0.04 normal and 0.06-0.11 sinus arrhythmia), with the median SA probability per depth and rate. Needs the
+weights bench_quality.py saved in --work.
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from bench_quality import LeadSetModels, predict, prepare, reading_config, weights_path  # noqa: E402
+from ecgmamba.preprocess import preprocess_recording  # noqa: E402
+from ecgmamba.records import TWELVE_LEADS  # noqa: E402
+from ecgmamba.scoring import load_scoring  # noqa: E402
+from ecgmamba import synthetic  # noqa: E402
+from ecgmamba.synthetic import (HARD_PREVALENCE, MIXED_RATE_WEIGHTS, MIXED_RATES, SA, SB, SR, STACH,  # noqa: E402
+                                draw_labels, generate_record)
+
+SINUS = (SR, SB, STACH)
+
+
+def twin_pair(child, seconds):
+    """(fs, labels, signal as generated, signal with sinus arrhythmia toggled) for one record's seed, drawn as
+    generate_dataset draws it (rate, then the record). None where the record is not a sinus rhythm."""
+    rng = np.random.default_rng(child)
+    fs = int(rng.choice(MIXED_RATES, p=MIXED_RATE_WEIGHTS))
+    state = rng.bit_generator.state
+    labels = draw_labels(rng, HARD_PREVALENCE, True)
+    if not any(code in labels for code in SINUS):
+        return None
+    after_labels = rng.bit_generator.state
+    original = generate_record(rng, fs, seconds, labels=labels, hard=True)[0]
+    toggled = [code for code in labels if code != SA] if SA in labels else list(labels) + [SA]
+    rng.bit_generator.state = after_labels
+    twin = generate_record(rng, fs, seconds, labels=toggled, hard=True)[0]
+    rng.bit_generator.state = state  # the record as generate_dataset wrote it, to check the regeneration
+    check = generate_record(rng, fs, seconds, hard=True)[0]
+    if not np.array_equal(check, original):
+        raise RuntimeError("the regenerated record differs from generate_dataset's: the generator changed")
+    return fs, labels, original, twin
+
+
+@contextlib.contextmanager
+def modulation_depth(depth):
+    """Every sinus record generated inside has a respiratory RR modulation of exactly `depth` (of RR)."""
+    saved = dict(synthetic.RESPIRATORY_MODULATION)
+    synthetic.RESPIRATORY_MODULATION.update({key: (depth, depth) for key in saved})
+    try:
+        yield
+    finally:
+        synthetic.RESPIRATORY_MODULATION.update(saved)
+
+
+def depth_curve(network, preprocess, reading, sa, n, seed, depths):
+    """{rate label: [median SA probability per depth]}: n patients per sinus rate (10 s, mixed sampling rates, no
+    other finding), each generated once per depth from the same seed, so that only the modulation changes."""
+    curve = {}
+    for k, code in enumerate(SINUS):
+        signals = []
+        for child in np.random.SeedSequence([seed, k]).spawn(n):
+            fs = int(np.random.default_rng(child).choice(MIXED_RATES, p=MIXED_RATE_WEIGHTS))
+            for depth in depths:
+                with modulation_depth(depth):
+                    signal = generate_record(np.random.default_rng(child), fs, 10.0, labels=[code], hard=True)[0]
+                signals.append(preprocess_recording(signal, fs, preprocess))
+        p = predict(network, signals, reading)[:, sa].reshape(n, len(depths))
+        curve[code] = np.median(p, axis=0)
+    return curve
+
+
+def paired_auroc(high, low):
+    """P(score of the SA record > score of its twin), ties half."""
+    return float(np.mean((high > low) + 0.5 * (high == low)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--model", default="small:time_warp=0.3")
+    parser.add_argument("--seed", type=int, default=0, help="the data seed of --work")
+    parser.add_argument("--train-seed", type=int, default=None)
+    parser.add_argument("--train-records", type=int, default=2000, help="how many training records --work holds")
+    parser.add_argument("--first", type=int, default=1000, help="twin the sinus records among the first N of them")
+    parser.add_argument("--fresh", type=int, default=1000, help="and among N fresh 10 s records (data seed + 5)")
+    parser.add_argument("--curve", type=int, default=60, help="patients per sinus rate for the depth response "
+                        "(data seed + 6); 0: none")
+    args = parser.parse_args()
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    torch.manual_seed(train_seed)
+    table = load_scoring("2021")
+    model, preprocess, config, cache = prepare(args.model, table, args.work, 16, train_seed)
+    model.load_state_dict(torch.load(weights_path(args.work, args.model, train_seed, args.seed)))
+    network, _ = LeadSetModels(model.eval(), cache, preprocess, config)(TWELVE_LEADS)
+    reading = reading_config(preprocess, "whole")
+    sa = table.code_to_index()[SA]
+
+    sets = {"training": np.random.SeedSequence(args.seed).spawn(args.train_records)[:args.first],
+            "fresh": np.random.SeedSequence(args.seed + 5).spawn(args.fresh)}
+    print(f"{args.model}, training seed {train_seed}, data seed {args.seed}; SA probability, 12 leads, whole reading")
+    print("| records | pairs | SA record above its twin (paired AUROC) | median p(SA): SA record | its twin without SA "
+          "| record without SA | its twin with SA |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, children in sets.items():
+        signals, has_sa = [], []
+        for child in children:
+            pair = twin_pair(child, 10.0)
+            if pair is None:
+                continue
+            fs, labels, original, twin = pair
+            signals += [preprocess_recording(s, fs, preprocess) for s in (original, twin)]
+            has_sa.append(SA in labels)
+        if not has_sa:
+            continue
+        p = predict(network, signals, reading)[:, sa]
+        original, twin, has_sa = p[0::2], p[1::2], np.array(has_sa)
+        high = np.where(has_sa, original, twin)  # the member of each pair with SA
+        low = np.where(has_sa, twin, original)
+        print(f"| {name} | {len(has_sa)} ({int(has_sa.sum())} with SA) | {paired_auroc(high, low):.3f} | "
+              f"{np.median(original[has_sa]):.3f} | {np.median(twin[has_sa]):.3f} | "
+              f"{np.median(original[~has_sa]):.3f} | {np.median(twin[~has_sa]):.3f} |")
+        for label, chosen in (("  with SA as generated", has_sa), ("  without SA as generated", ~has_sa)):
+            print(f"{label}: paired AUROC {paired_auroc(high[chosen], low[chosen]):.3f}")
+
+    if args.curve:
+        depths = np.round(np.arange(0.01, 0.1101, 0.01), 2)
+        curve = depth_curve(network, preprocess, reading, sa, args.curve, args.seed + 6, depths)
+        print(f"\nMedian p(SA) by respiratory modulation depth ({args.curve} patients per rate, each at every depth; "
+              "the generator labels 0.01-0.04 normal, 0.06-0.11 SA):")
+        print("| depth (of RR) | " + " | ".join(f"{d:.2f}" for d in depths) + " |")
+        print("|---|" + "---:|" * len(depths))
+        for code, name in zip(SINUS, ("normal rate", "bradycardia", "tachycardia")):
+            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in curve[code]) + " |")
+
+
+if __name__ == "__main__":
+    main()

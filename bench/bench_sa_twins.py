@@ -12,7 +12,10 @@ learnt which training patients carry the label gives it a high one, and does no 
 Printed per set: how often the SA record scores above its twin (the paired AUROC), and the median SA probability of
 each. Then the network's response to the modulation depth alone: --curve fresh patients per sinus rate, each
 generated again at every depth (the respiratory RR modulation's amplitude, a fraction of RR; the generator labels
-0.01-0.04 normal and 0.06-0.11 sinus arrhythmia), with the median SA probability per depth and rate. Needs the
+0.01-0.04 normal and 0.06-0.11 sinus arrhythmia), with the median SA probability per depth and rate, and how
+often a patient's record scores higher at 0.06 than at 0.04 (at the label's line), how often any patient's record
+at 0.06 scores above any other's at 0.04 (what an AUPRC over patients sees), and how often a patient's record at
+an SA depth scores above the same patient's at a normal one. Needs the
 weights bench_quality.py saved in --work.
 """
 
@@ -72,19 +75,20 @@ def modulation_depth(depth):
 
 
 def depth_curve(network, preprocess, reading, sa, n, seed, depths):
-    """{rate label: [median SA probability per depth]}: n patients per sinus rate (10 s, mixed sampling rates, no
+    """{rate label: SA probabilities (patients, depths)}: n patients per sinus rate (10 s, mixed sampling rates, no
     other finding), each generated once per depth from the same seed, so that only the modulation changes."""
     curve = {}
     for k, code in enumerate(SINUS):
         signals = []
         for child in np.random.SeedSequence([seed, k]).spawn(n):
-            fs = int(np.random.default_rng(child).choice(MIXED_RATES, p=MIXED_RATE_WEIGHTS))
+            rate_seed, record_seed = child.spawn(2)  # one stream would tie the sampling rate to the heart rate
+            fs = int(np.random.default_rng(rate_seed).choice(MIXED_RATES, p=MIXED_RATE_WEIGHTS))
             for depth in depths:
                 with modulation_depth(depth):
-                    signal = generate_record(np.random.default_rng(child), fs, 10.0, labels=[code], hard=True)[0]
+                    signal = generate_record(np.random.default_rng(record_seed), fs, 10.0, labels=[code],
+                                             hard=True)[0]
                 signals.append(preprocess_recording(signal, fs, preprocess))
-        p = predict(network, signals, reading)[:, sa].reshape(n, len(depths))
-        curve[code] = np.median(p, axis=0)
+        curve[code] = predict(network, signals, reading)[:, sa].reshape(n, len(depths))
     return curve
 
 
@@ -146,10 +150,18 @@ def main():
         curve = depth_curve(network, preprocess, reading, sa, args.curve, args.seed + 6, depths)
         print(f"\nMedian p(SA) by respiratory modulation depth ({args.curve} patients per rate, each at every depth; "
               "the generator labels 0.01-0.04 normal, 0.06-0.11 SA):")
-        print("| depth (of RR) | " + " | ".join(f"{d:.2f}" for d in depths) + " |")
-        print("|---|" + "---:|" * len(depths))
+        print("| depth (of RR) | " + " | ".join(f"{d:.2f}" for d in depths) + " | 0.06 above 0.04, same patient | "
+              "0.06 above 0.04, any two patients | SA depths above normal ones, same patient |")
+        print("|---|" + "---:|" * (len(depths) + 3))
+        normal, arrhythmia = depths <= 0.04 + 1e-9, depths >= 0.06 - 1e-9
         for code, name in zip(SINUS, ("normal rate", "bradycardia", "tachycardia")):
-            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in curve[code]) + " |")
+            p = curve[code]
+            i06, i04 = (int(np.flatnonzero(np.isclose(depths, d))[0]) for d in (0.06, 0.04))
+            at_line = paired_auroc(p[:, i06], p[:, i04])
+            across = paired_auroc(p[:, i06][:, None], p[:, i04][None, :])  # every patient against every other
+            ranges = paired_auroc(p[:, arrhythmia][:, :, None], p[:, normal][:, None, :])  # every pair of depths
+            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in np.median(p, axis=0)) +
+                  f" | {at_line:.3f} | {across:.3f} | {ranges:.3f} |")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from ecgmamba.train import (TrainConfig, WindowDataset, classification_loss, cro
                             make_optimizer, positive_weights, recalibrate_batchnorm, specialise)
 
 RHYTHM_CLASSES = {"PAC": PAC, "PVC": PVC, "SA": SA, "AF": AF}
+SINUS_RATES = (("normal rate", SR), ("bradycardia", SB), ("tachycardia", STACH))  # where sinus arrhythmia occurs
 
 
 class ResNet1D(nn.Module):
@@ -325,7 +326,7 @@ def sa_by_rate(network, test_records, preprocess, table):
     probabilities = predict(network, [r["signal"] for r in test_records], config)
     j = table.code_to_index()[SA]
     parts = []
-    for name, code in (("normal rate", SR), ("bradycardia", SB), ("tachycardia", STACH)):
+    for name, code in SINUS_RATES:
         chosen = np.array([code in r["labels"] for r in test_records], dtype=bool)
         positive = np.array([SA in r["labels"] for r in test_records], dtype=bool)[chosen]
         if not 0 < positive.sum() < positive.size:

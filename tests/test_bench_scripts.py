@@ -178,11 +178,16 @@ def test_sa_twins_regenerate_the_training_record_and_change_only_the_rhythm():
     from ecgmamba import synthetic
     from ecgmamba.synthetic import SA, generate_record
 
-    pairs = [twin_pair(child, 10.0) for child in np.random.SeedSequence(0).spawn(40)]
-    pairs = [pair for pair in pairs if pair is not None]  # twin_pair itself checks the regeneration
-    assert pairs and any(SA in labels for _, labels, _, _ in pairs)
-    for fs, labels, original, twin in pairs:
+    children = np.random.SeedSequence(0).spawn(40)
+    pairs = [(child, twin_pair(child, 10.0)) for child in children]
+    pairs = [(child, pair) for child, pair in pairs if pair is not None]
+    assert pairs and any(SA in labels for _, (_, labels, _, _) in pairs)
+    for child, (fs, labels, original, twin) in pairs:
         assert twin.shape == original.shape and not np.array_equal(twin, original)
+        rng = np.random.default_rng(child)  # what the twin relies on: labels given draw the rest as labels drawn
+        assert rng.choice(synthetic.MIXED_RATES, p=synthetic.MIXED_RATE_WEIGHTS) == fs
+        assert synthetic.draw_labels(rng, synthetic.HARD_PREVALENCE, True) == labels
+        assert np.array_equal(generate_record(rng, fs, 10.0, labels=labels, hard=True)[0], original)
     before = dict(synthetic.RESPIRATORY_MODULATION)
     with pytest.raises(RuntimeError):
         with modulation_depth(0.08):

@@ -27,8 +27,8 @@ arrhythmia's AUPRC within each sinus rate (normal, bradycardia, tachycardia; 12 
 evidence lies.
 A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, the training settings `crop`
 (`variable` or `window`), `max_crop_seconds`, `batch_size` (in windows), `weight_decay` and `weight_decay_scope`,
-`noise_augment`, `wander_augment` and `time_warp`, the benchmark's own `ema` (keep a moving average of the weights
-with this decay per step; tried once and lost), and the preprocessing's `scaling`, e.g.
+`noise_augment`, `wander_augment`, `time_warp` and `warp_share`, the benchmark's own `ema` (keep a moving average
+of the weights with this decay per step; tried once and lost), and the preprocessing's `scaling`, e.g.
 `small:pooling=mean,position=none,crop=window,scaling=record`.
 """
 
@@ -107,7 +107,7 @@ class ResNet1D(nn.Module):
 
 
 TRAINING_KEYS = ("crop", "max_crop_seconds", "min_crop_seconds", "batch_size", "weight_decay", "weight_decay_scope", "noise_augment",
-                 "wander_augment", "time_warp")
+                 "wander_augment", "time_warp", "warp_share")
 PREPROCESS_KEYS = ("scaling",)
 
 
@@ -178,7 +178,8 @@ def train(model, cache, preprocess, epochs, config, lr, table, ema=0.0):
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema)) if ema else None
     dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS,
                             config.seed, config.noise_augment, config.wander_augment, config.time_warp,
-                            warp_keeps(table), episodic_classes(table) if config.min_crop_seconds else None)
+                            warp_keeps(table), episodic_classes(table) if config.min_crop_seconds else None,
+                            config.warp_share)
     optimizer = make_optimizer(model, lr, config.weight_decay, config.weight_decay_scope)
     pos_weight = positive_weights(cache.labels)
     plan = crop_plan(config, preprocess, cache.lengths, (0, 1, 0))

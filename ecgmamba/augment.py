@@ -25,7 +25,7 @@ import scipy.signal
 from ecgmamba.preprocess import PreprocessConfig, bandpass_sos
 
 WANDER_HZ = (0.3, 1.0)  # below 0.3 Hz the 0.5 Hz high-pass (order 4, both directions) leaves under 2 %
-WARP_SHARE = 0.5  # the fraction of crops warped when time_warp is on
+WARP_SHARE = 0.5  # the fraction of crops warped when time_warp is on (TrainConfig.warp_share's default)
 # Classes a time warp leaves true or false as they were: AF, atrial flutter, PAC and SVPB, PVC and VPB, sinus
 # arrhythmia (their SNOMED CT codes; classes joined with any of them count).
 WARP_KEEPS = {"164889003": "AF", "164890007": "AFL", "284470004": "PAC", "63593006": "SVPB",
@@ -74,10 +74,10 @@ def episodic_classes(table):
     return _classes_with(table, EPISODIC)
 
 
-def draw_warp(rng, warp):
-    """A playback speed for one crop: 1.0 for 1 - WARP_SHARE of the draws, else log-uniform in
+def draw_warp(rng, warp, share=WARP_SHARE):
+    """A playback speed for one crop: 1.0 for 1 - share of the draws, else log-uniform in
     [1 / (1 + warp), 1 + warp] (as often faster as slower). With warp 0 `rng` is not used."""
-    if warp <= 0 or rng.random() >= WARP_SHARE:
+    if warp <= 0 or rng.random() >= share:
         return 1.0
     return float(np.exp(rng.uniform(-1.0, 1.0) * np.log1p(warp)))
 

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from ecgmamba import checkpoint
-from ecgmamba.augment import augment_crop, draw_warp, episodic_classes, time_warp, warp_keeps, warp_span
+from ecgmamba.augment import WARP_SHARE, augment_crop, draw_warp, episodic_classes, time_warp, warp_keeps, warp_span
 from ecgmamba.cache import build_cache
 from ecgmamba.inference import autocast, model_file_stem, predict_cached, resolve_precision, save_lead_model
 from ecgmamba.metrics import compute_accuracy, compute_auc, compute_challenge_metric, compute_f_measure
@@ -85,6 +85,7 @@ class TrainConfig:
     time_warp: float = -1.0          # half the crops played at a speed within [1/(1+w), 1+w] and supervised on the
                                      # classes a warp keeps (AF, AFL, PAC, PVC, SA: augment.py); 0: none;
                                      # -1: the preset's (small and large 0.3, paper 0)
+    warp_share: float = WARP_SHARE   # the fraction of crops warped when time_warp is on (the rest keep every label)
     activation_checkpointing: str = "auto"  # recompute each block in the backward pass instead of keeping its
                                      # activations: "on", "off", or "auto": on when a step's activations (counted
                                      # by a probe) would fill over 60 % of the free GPU memory, off on the CPU
@@ -135,6 +136,8 @@ class TrainConfig:
             raise ValueError(f"activation_checkpointing must be 'auto', 'on' or 'off', not {c.activation_checkpointing!r}")
         if not 0 <= c.time_warp <= 1:
             raise ValueError(f"time_warp must be between 0 and 1 (speeds within [1/(1+w), 1+w]), not {c.time_warp!r}")
+        if not 0 <= c.warp_share <= 1:
+            raise ValueError(f"warp_share must be between 0 and 1 (the fraction of crops warped), not {c.warp_share!r}")
         return c
 
 
@@ -184,10 +187,10 @@ class WindowDataset(Dataset):
     """
 
     def __init__(self, cache, indices, window, leads, mask_lead_sets=None, seed=0, noise=0.0, wander=0.0, warp=0.0,
-                 warp_keeps=None, episodic=None):
+                 warp_keeps=None, episodic=None, warp_share=WARP_SHARE):
         self.cache, self.indices, self.window = cache, np.asarray(indices), window
         self.episodic = episodic
-        self.noise, self.wander, self.warp = noise, wander, warp
+        self.noise, self.wander, self.warp, self.warp_share = noise, wander, warp, warp_share
         if warp > 0 and warp_keeps is None:
             raise ValueError("a time warp needs warp_keeps: which classes a warped crop is still labelled with")
         self.warp_keeps = warp_keeps
@@ -208,7 +211,7 @@ class WindowDataset(Dataset):
         record = int(self.indices[i])
         rng = np.random.default_rng((self.seed, self.epoch, record))
         available = int(self.cache.lengths[record])
-        speed = draw_warp(rng, self.warp)
+        speed = draw_warp(rng, self.warp, self.warp_share)
         span = warp_span(length, speed)  # samples read to fill `length` after the warp
         start = int(rng.integers(0, max(1, available - span + 1)))
         present = None if self.masks is None else self.masks[rng.integers(len(self.masks))]
@@ -676,7 +679,7 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     dataset = WindowDataset(cache, train_idx, preprocess.window_samples, leads, mask_lead_sets, config.seed,
                             config.noise_augment, config.wander_augment, config.time_warp, warp_keeps(table),
-                            episodic_classes(table) if config.min_crop_seconds else None)
+                            episodic_classes(table) if config.min_crop_seconds else None, config.warp_share)
     plan = crop_plan(config, preprocess, cache.lengths[train_idx], ctx)
     total_steps = max(1, sum(len(plan(epoch)) for epoch in range(epochs)))
     pos_weight = positive_weights(cache.labels[train_idx]).to(device)

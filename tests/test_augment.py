@@ -142,6 +142,13 @@ def test_speeds_are_drawn_within_the_range_for_half_the_crops():
     assert 0.45 < np.mean(warped > 1) < 0.55 and warped.min() < 0.8 and warped.max() > 1.25
 
 
+@pytest.mark.parametrize("share", [0.0, 0.8, 1.0])
+def test_warp_share_sets_the_fraction_of_crops_warped(share):
+    rng = np.random.default_rng(1)
+    speeds = np.array([draw_warp(rng, 0.3, share) for _ in range(2000)])
+    assert abs(np.mean(speeds != 1.0) - share) < 0.04
+
+
 def test_a_warp_keeps_the_rhythm_classes_only():
     table = load_scoring("2021")
     keeps = warp_keeps(table)
@@ -164,6 +171,8 @@ def test_the_presets_choose_their_warp_and_a_setting_overrides_it():
 def test_bad_warps_are_refused(value):
     with pytest.raises(ValueError, match="time_warp"):
         TrainConfig(time_warp=value).resolved()
+    with pytest.raises(ValueError, match="warp_share"):
+        TrainConfig(warp_share=value).resolved()
 
 
 def test_dataset_warps_half_the_crops_and_hides_the_labels_a_warp_may_change(tmp_path):
@@ -196,6 +205,8 @@ def test_dataset_warps_half_the_crops_and_hides_the_labels_a_warp_may_change(tmp
                 whole = cache.model_input(i, TWELVE_LEADS).astype(np.float16)
                 assert any(np.array_equal(wx.numpy(), whole[:, s:s + 1000]) for s in range(whole.shape[1] - 999))
     assert 4 <= hidden <= 20  # about half of the 24 crops
+    always = WindowDataset(cache, np.arange(6), 512, TWELVE_LEADS, seed=7, warp=0.3, warp_keeps=keeps, warp_share=1.0)
+    assert all(np.array_equal(np.isnan(always[(i, 1000)][1].numpy()), ~keeps) for i in range(6))
 
 
 def test_the_loss_leaves_out_nan_labels():

@@ -260,36 +260,48 @@ def evaluate(models, test_records, preprocess, table, reading, short_records=())
     main = np.arange(len(test_records)) < len(test_records) - len(short_records)
     labels = encode_labels([r["labels"] for r in test_records], table)
     durations = np.array([r["seconds"] for r in test_records])
-    rhythm = [table.code_to_index()[code] for code in RHYTHM_CLASSES.values()]
     config = reading_config(preprocess, reading)
     lead_sets = [s for s in LEAD_SETS if len(s) in (12, 2)] if reading.startswith("chunks") else LEAD_SETS
     results = {}
     for leads in lead_sets:
         network, sliced = models(leads, mixed=reading == "mixed BN")
-        rows = [TWELVE_LEADS.index(lead) for lead in leads]
-        mask = np.array([lead in leads for lead in TWELVE_LEADS], dtype=np.float32)[:, None]
-        if preprocess.scaling == "record":  # the scale depends on the leads present: preprocess the reduced record
-            reduced = [preprocess_recording(r["raw"][rows], r["fs"], preprocess) for r in test_records]
-            signals = [x if sliced else np.zeros((12, x.shape[1]), np.float32) for x in reduced]
-            if not sliced:
-                for x, y in zip(signals, reduced):
-                    x[rows] = y
-        else:  # every step is per lead: the reduced record's preprocessing is the 12-lead one's rows
-            signals = [r["signal"][rows] if sliced else r["signal"] * mask for r in test_records]
-        probabilities = predict(network, signals, config)
-        auroc, auprc, auroc_classes, auprc_classes = compute_auc(labels[main], probabilities[main])
-        row = {"AUROC": auroc, "AUPRC": auprc,
-               "rhythm AUROC": float(np.nanmean(auroc_classes[rhythm])),
-               "rhythm AUPRC": float(np.nanmean(auprc_classes[rhythm]))}
-        for name, j in zip(RHYTHM_CLASSES, rhythm):
-            row[f"{name} AUPRC"] = float(auprc_classes[j])
-        for name, chosen in (("<=10 s", durations <= 10.0), (">20 s", main & (durations > 20.0))):
-            _, _, _, part = compute_auc(labels[chosen], probabilities[chosen])
-            row[f"rhythm AUPRC {name}"] = float(np.nanmean(part[rhythm]))
-            row[f"SA AUPRC {name}"] = float(part[rhythm[list(RHYTHM_CLASSES).index("SA")]])
-        row["short records"] = int(np.sum(durations <= 10.0))
-        results[len(leads)] = row
+        signals = lead_set_signals(test_records, leads, sliced, preprocess)
+        results[len(leads)] = metric_row(labels, predict(network, signals, config), durations, main, table)
     return results
+
+
+def lead_set_signals(test_records, leads, sliced, preprocess):
+    """The records as a network of `leads` reads them: their rows (sliced), or all 12 with the others zero."""
+    rows = [TWELVE_LEADS.index(lead) for lead in leads]
+    if preprocess.scaling == "record":  # the scale depends on the leads present: preprocess the reduced record
+        reduced = [preprocess_recording(r["raw"][rows], r["fs"], preprocess) for r in test_records]
+        if sliced:
+            return reduced
+        signals = [np.zeros((12, x.shape[1]), np.float32) for x in reduced]
+        for x, y in zip(signals, reduced):
+            x[rows] = y
+        return signals
+    # every step is per lead: the reduced record's preprocessing is the 12-lead one's rows
+    mask = np.array([lead in leads for lead in TWELVE_LEADS], dtype=np.float32)[:, None]
+    return [r["signal"][rows] if sliced else r["signal"] * mask for r in test_records]
+
+
+def metric_row(labels, probabilities, durations, main, table):
+    """{metric: value} of one lead set's probabilities: over the `main` test records, by rhythm class, and for
+    records of 10 s or less (short ones included) against main records over 20 s."""
+    rhythm = [table.code_to_index()[code] for code in RHYTHM_CLASSES.values()]
+    auroc, auprc, auroc_classes, auprc_classes = compute_auc(labels[main], probabilities[main])
+    row = {"AUROC": auroc, "AUPRC": auprc,
+           "rhythm AUROC": float(np.nanmean(auroc_classes[rhythm])),
+           "rhythm AUPRC": float(np.nanmean(auprc_classes[rhythm]))}
+    for name, j in zip(RHYTHM_CLASSES, rhythm):
+        row[f"{name} AUPRC"] = float(auprc_classes[j])
+    for name, chosen in (("<=10 s", durations <= 10.0), (">20 s", main & (durations > 20.0))):
+        _, _, _, part = compute_auc(labels[chosen], probabilities[chosen])
+        row[f"rhythm AUPRC {name}"] = float(np.nanmean(part[rhythm]))
+        row[f"SA AUPRC {name}"] = float(part[rhythm[list(RHYTHM_CLASSES).index("SA")]])
+    row["short records"] = int(np.sum(durations <= 10.0))
+    return row
 
 
 def read_test_set(directory, preprocess, limit=None):

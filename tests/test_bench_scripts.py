@@ -198,3 +198,18 @@ def test_sa_twins_regenerate_the_training_record_and_change_only_the_rhythm():
         low = generate_record(np.random.default_rng(3), 500, 10.0, labels=[synthetic.SR, SA], hard=True)[0]
     normal = generate_record(np.random.default_rng(3), 500, 10.0, labels=[synthetic.SR, SA], hard=True)[0]
     assert not np.array_equal(low, normal)
+
+
+def test_ensemble_members_parse_and_every_pair_is_averaged():
+    import argparse
+
+    from bench_ensemble import ensemble_rows, parse_member
+
+    assert parse_member("small:time_warp=0.3,depth=[3,2]@4") == ("small:time_warp=0.3,depth=[3,2]", 4)
+    with pytest.raises(argparse.ArgumentTypeError, match="SPEC@SEED"):
+        parse_member("small:time_warp=0.3")
+    members = [np.full((2, 3), v) for v in (0.1, 0.4, 0.7)]
+    rows = ensemble_rows(members, lambda p: float(p.mean()))
+    assert [group for group, _ in rows] == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    assert np.allclose([value for _, value in rows], [0.1, 0.4, 0.7, 0.25, 0.4, 0.55, 0.4])
+    assert [group for group, _ in ensemble_rows(members[:2], np.mean)] == [(0,), (1,), (0, 1)]

@@ -34,7 +34,6 @@ of the weights with this decay per step; tried once and lost), and the preproces
 
 import argparse
 import json
-import math
 import os
 import re
 import sys

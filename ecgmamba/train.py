@@ -82,8 +82,8 @@ class TrainConfig:
                                      # where they cut the record (augment.EPISODIC)
     noise_augment: float = 0.0       # training crops get band-passed noise, std up to this x their RMS (augment.py)
     wander_augment: float = 0.0      # and baseline wander of up to this x their RMS per lead; 0: none
-    time_warp: float = -1.0          # half the crops played at a speed within [1/(1+w), 1+w] and supervised on the
-                                     # classes a warp keeps (AF, AFL, PAC, PVC, SA: augment.py); 0: none;
+    time_warp: float = -1.0          # warp_share of the crops played at a speed within [1/(1+w), 1+w] and
+                                     # supervised on the classes a warp keeps (AF, AFL, PAC, PVC, SA: augment.py); 0: none;
                                      # -1: the preset's (small and large 0.3, paper 0)
     warp_share: float = WARP_SHARE   # the fraction of crops warped when time_warp is on (the rest keep every label)
     activation_checkpointing: str = "auto"  # recompute each block in the backward pass instead of keeping its

@@ -14,7 +14,6 @@ scored with the mean of their probabilities. The spread of `small` between runs 
 
 import argparse
 import itertools
-import json
 import os
 import sys
 
@@ -24,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_quality import (LeadSetModels, lead_set_signals, metric_row, predict, prepare, print_table,  # noqa: E402
-                           read_test_set, reading_config, short_test_dir, weights_path)
+                           read_test_set, reading_config, short_test_dir, trained_weights)
 
 from ecgmamba.records import LEAD_SETS  # noqa: E402
 from ecgmamba.scoring import encode_labels, load_scoring  # noqa: E402
@@ -60,23 +59,23 @@ def main():
                         help="the short-record set bench_quality.py's short-record columns read (test_short_N)")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args()
-    with open(os.path.join(args.work, "data.json")) as f:
-        data = json.load(f)
-    weights = [weights_path(args.work, spec, seed, data["seed"]) for spec, seed in args.members]
-    missing = [path for path in weights if not os.path.isfile(path)]
-    if missing:
-        sys.exit(f"no such weights: {', '.join(missing)}; train them with bench_quality.py --work {args.work}")
+    found = [trained_weights(args.work, spec, seed) for spec, seed in args.members]
+    weights, data_seed = [path for path, _ in found], found[0][1]
     if not os.path.isdir(os.path.join(args.work, f"test_short_{args.short_records}")):
         sys.exit(f"{args.work}: no test_short_{args.short_records} folder; bench_quality.py writes it")
 
     table = load_scoring("2021")
-    models, preprocess = [], None
+    models, preprocessing = [], set()
     for (spec, seed), path in zip(args.members, weights):
         model, preprocess, config, cache = prepare(spec, table, args.work, 16, seed)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         models.append(LeadSetModels(model, cache, preprocess, config))
+        preprocessing.add(preprocess)
+    if len(preprocessing) > 1:  # each would read the test records differently
+        sys.exit("the members preprocess their input differently (sampling rate, window or scaling); "
+                 "average members of one preprocessing")
     test_records = read_test_set(os.path.join(args.work, "test"), preprocess)
-    short_records = read_test_set(short_test_dir(args.work, args.short_records, data["seed"]), preprocess)
+    short_records = read_test_set(short_test_dir(args.work, args.short_records, data_seed), preprocess)
     records = test_records + short_records
     main_set = np.arange(len(records)) < len(test_records)
     labels = encode_labels([r["labels"] for r in records], table)
@@ -89,10 +88,12 @@ def main():
              "| members | leads | " + " | ".join(COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
     for count in args.leads:
         leads = next(s for s in LEAD_SETS if len(s) == count)
-        probabilities = []
+        probabilities, signals = [], {}  # signals by whether the network is sliced: built once per lead set
         for lead_set_models in models:
             network, sliced = lead_set_models(leads)
-            probabilities.append(predict(network, lead_set_signals(records, leads, sliced, preprocess), whole))
+            if sliced not in signals:
+                signals[sliced] = lead_set_signals(records, leads, sliced, preprocess)
+            probabilities.append(predict(network, signals[sliced], whole))
         for group, row in ensemble_rows(probabilities,
                                         lambda p: metric_row(labels, p, durations, main_set, table)):
             label = " + ".join(str(i + 1) for i in group)

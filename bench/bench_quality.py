@@ -405,6 +405,19 @@ def weights_path(work, spec, train_seed, data_seed):
     return os.path.join(work, name + ".pt")
 
 
+def trained_weights(work, spec, train_seed=None):
+    """(weights path, data seed) of a network bench_quality.py trained in `work` (train_seed None: the data's);
+    exits naming the file, and the command that trains it, when it is missing."""
+    with open(os.path.join(work, "data.json")) as f:
+        data_seed = json.load(f)["seed"]
+    train_seed = data_seed if train_seed is None else train_seed
+    path = weights_path(work, spec, train_seed, data_seed)
+    if not os.path.isfile(path):
+        sys.exit(f"{path}: no such weights; train them with bench_quality.py --work {work} --models {spec!r}"
+                 + (f" --train-seed {train_seed}" if train_seed != data_seed else ""))
+    return path, data_seed
+
+
 def prepare(spec, table, work, batch_size, train_seed):
     """(untrained network, preprocessing, training settings, training cache) for a model spec; the cache of the
     training records in `work` is built once per sampling rate, window and scaling and shared by the specs."""

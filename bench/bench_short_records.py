@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_quality import (RHYTHM_CLASSES, LeadSetModels, predict, prepare, print_table, read_test_set,  # noqa: E402
-                           reading_config, short_test_dir, weights_path, write_paired_test_sets)
+                           reading_config, short_test_dir, trained_weights, write_paired_test_sets)
 from bench_rhythm_oracle import rr_variation  # noqa: E402
 
 from ecgmamba.metrics import compute_auc  # noqa: E402
@@ -161,13 +161,8 @@ def main():
                         help="resamples for the interval of the short-record gap (0: none)")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args()
-    with open(os.path.join(args.work, "data.json")) as f:
-        data_seed = json.load(f)["seed"]
+    weights, data_seed = trained_weights(args.work, args.model, args.train_seed)
     train_seed = data_seed if args.train_seed is None else args.train_seed
-    weights = weights_path(args.work, args.model, train_seed, data_seed)
-    if not os.path.isfile(weights):
-        sys.exit(f"{weights}: no such weights; train them with bench_quality.py --work {args.work} "
-                 f"--models {args.model!r}" + (f" --train-seed {train_seed}" if train_seed != data_seed else ""))
     held = [int(m.group(1)) for path in glob.glob(os.path.join(args.work, "test_short_*"))
             if (m := re.fullmatch(r"test_short_(\d+)", os.path.basename(path)))]
     if args.short_records is None and not held:

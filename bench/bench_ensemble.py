@@ -2,10 +2,10 @@
 """What averaging training runs buys: networks that bench_quality.py trained, scored alone and with their
 probabilities averaged, on the same test records.
 
-    python bench/bench_ensemble.py --work DIR --members SPEC@SEED SPEC@SEED [...] [--leads 12 2] [--out FILE]
+    python bench/bench_ensemble.py --work DIR --members SPEC@SEED SPEC@SEED [...] [--epochs 30] [--leads 12 2] [--out FILE]
 
 Each member is a model spec and the --train-seed bench_quality.py trained it with, e.g.
-`small:time_warp=0.3@4`; its weights are read from --work (SPEC.seedN.pt). Every member is read as
+`small:time_warp=0.3@4`; its weights are read from --work (SPEC.seedN.pt, SPEC.eE.seedN.pt for --epochs E). Every member is read as
 bench_quality.py reads it (sliced to each lead set, BatchNorm statistics re-estimated, the whole record in one
 pass), so its own row repeats bench_quality.py's figures. Then every pair of members and all of them together are
 scored with the mean of their probabilities. The spread of `small` between runs is the one thing left in issue
@@ -57,9 +57,10 @@ def main():
                         help="lead counts to score")
     parser.add_argument("--short-records", type=int, default=300,
                         help="the short-record set bench_quality.py's short-record columns read (test_short_N)")
+    parser.add_argument("--epochs", type=int, default=30, help="the members' bench_quality.py --epochs")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args()
-    found = [trained_weights(args.work, spec, seed) for spec, seed in args.members]
+    found = [trained_weights(args.work, spec, seed, args.epochs) for spec, seed in args.members]
     weights, data_seed = [path for path, _ in found], found[0][1]
     if not os.path.isdir(os.path.join(args.work, f"test_short_{args.short_records}")):
         sys.exit(f"{args.work}: no test_short_{args.short_records} folder; bench_quality.py writes it")

@@ -4,7 +4,7 @@
     python bench/bench_quality.py [--train-records 2000] [--test-records 500] [--short-test-records 300] [--epochs 30]
                                   [--models small resnet small:pooling=mean small:crop=window ...]
                                   [--readings whole windows ...] [--work DIR] [--out FILE]
-                                  [--seed N] [--train-seed N]
+                                  [--seed N] [--train-seed N] [--train-only]
 
 Training data: --train-records hard-mode records (ecgmamba.synthetic, hard=True) of 10 s at 257/500/1000 Hz.
 Test data: --test-records hard-mode records of 6-60 s at the same rates, ectopic beats anywhere in the record.
@@ -19,7 +19,8 @@ re-estimated for it; `mixed BN` keeps the shared statistics). Readings: `whole` 
 Printed per model, reading and lead set: macro AUROC and AUPRC over the classes present, over the rhythm classes
 PAC, PVC, SA and AF, and the rhythm-class and SA AUPRC of records of 10 s or less (the test records' and
 --short-test-records more of 6-10 s: the main set alone holds too few) and of test records longer than 20 s. Each
-trained network's weights are saved in --work as SPEC.pt (SPEC.seedN.pt for a --train-seed other than --seed). The
+trained network's weights are saved in --work as SPEC.pt (SPEC.seedN.pt for a --train-seed other than --seed,
+SPEC.eE... for --epochs E other than 30; --train-only stops there). The
 generated data stays in --work for the next run, described in its data.json; a run asking for other data stops.
 --train-eval N also prints the rhythm classes' AUPRC on N of the training records (12 leads): a class the network
 fits there but not on the test records is not generalised. For each ECGMamba model it also prints sinus
@@ -399,22 +400,25 @@ def short_test_dir(work, count, data_seed):
     return directory
 
 
-def weights_path(work, spec, train_seed, data_seed):
-    """Where a trained model's state dict is kept in `work`: SPEC.pt, SPEC.seedN.pt for another training seed."""
-    name = re.sub(r"[^\w.=,-]+", "_", spec) + (f".seed{train_seed}" if train_seed != data_seed else "")
+def weights_path(work, spec, train_seed, data_seed, epochs=30):
+    """Where a trained model's state dict is kept in `work`: SPEC.pt, SPEC.seedN.pt for another training seed,
+    SPEC.eE[.seedN].pt for E epochs other than 30 (a short run must not overwrite a full one)."""
+    name = (re.sub(r"[^\w.=,-]+", "_", spec) + (f".e{epochs}" if epochs != 30 else "")
+            + (f".seed{train_seed}" if train_seed != data_seed else ""))
     return os.path.join(work, name + ".pt")
 
 
-def trained_weights(work, spec, train_seed=None):
+def trained_weights(work, spec, train_seed=None, epochs=30):
     """(weights path, data seed) of a network bench_quality.py trained in `work` (train_seed None: the data's);
     exits naming the file, and the command that trains it, when it is missing."""
     with open(os.path.join(work, "data.json")) as f:
         data_seed = json.load(f)["seed"]
     train_seed = data_seed if train_seed is None else train_seed
-    path = weights_path(work, spec, train_seed, data_seed)
+    path = weights_path(work, spec, train_seed, data_seed, epochs)
     if not os.path.isfile(path):
         sys.exit(f"{path}: no such weights; train them with bench_quality.py --work {work} --models {spec!r}"
-                 + (f" --train-seed {train_seed}" if train_seed != data_seed else ""))
+                 + (f" --train-seed {train_seed}" if train_seed != data_seed else "")
+                 + (f" --epochs {epochs}" if epochs != 30 else ""))
     return path, data_seed
 
 
@@ -457,6 +461,8 @@ def main():
     parser.add_argument("--work", default="/tmp/ecgmamba_bench_quality")
     parser.add_argument("--train-eval", type=int, default=0,
                         help="also read the first N training records with the 12-lead network: how far it fits them")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train and save the weights only (bench_ensemble.py reads them)")
     parser.add_argument("--out", help="also write the Markdown table here")
     args = parser.parse_args()
     train_seed = args.seed if args.train_seed is None else args.train_seed
@@ -485,7 +491,12 @@ def main():
         started = time.perf_counter()
         train(model, cache, preprocess, args.epochs, config, lr, table, spec_values(spec)[1].get("ema", 0.0))
         seconds = time.perf_counter() - started
-        torch.save(model.state_dict(), weights_path(args.work, spec, train_seed, args.seed))
+        torch.save(model.state_dict(), weights_path(args.work, spec, train_seed, args.seed, args.epochs))
+        if args.train_only:
+            cells = [spec, f"{count_parameters(model) / 1e6:.2f} M", f"{seconds:.0f}", "(not read)"] + [""] * 13
+            lines.append("| " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+            continue
         models = LeadSetModels(model, cache, preprocess, config)
         readings = args.readings if isinstance(model, ECGMamba) else [r for r in args.readings if r != "mixed BN"]
         for reading in readings:

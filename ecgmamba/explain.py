@@ -48,12 +48,15 @@ def token_evidence(network, signal, preprocess, device, start=0, stop=None):
     segments, passes = segment_passes([piece], dataclasses.replace(preprocess, max_windows=10**6), batch_size=32)
     stride = int(np.prod(network.config.stem_strides))
     sums, counts = {}, {}
+    members = getattr(network, "members", [network])  # an ensemble's evidence: its members' mean
     for chosen, batch, valid_samples in passes:
-        features, position = network.token_features(torch.from_numpy(batch).to(device),
-                                                     torch.as_tensor(valid_samples))
-        if position is not None:  # the class token has no place in time
-            features = torch.cat([features[:, :position], features[:, position + 1:]], dim=1)
-        logits = network.token_logits(features).float().cpu().numpy()   # (passes, tokens, classes)
+        logits = 0
+        for member in members:
+            features, position = member.token_features(torch.from_numpy(batch).to(device),
+                                                       torch.as_tensor(valid_samples))
+            if position is not None:  # the class token has no place in time
+                features = torch.cat([features[:, :position], features[:, position + 1:]], dim=1)
+            logits = logits + member.token_logits(features).float().cpu().numpy() / len(members)
         centres = token_centres(network.config, logits.shape[1])
         for k, length, pass_logits in zip(chosen, valid_samples, logits):
             valid = (centres >= 0) & (centres < length)                  # not in the zero padding

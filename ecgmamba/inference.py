@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ecgmamba import checkpoint
-from ecgmamba.model import ECGMamba, ModelConfig, report_backends
+from ecgmamba.model import AveragedNetworks, ECGMamba, ModelConfig, network_for, report_backends
 from ecgmamba.preprocess import PreprocessConfig, aggregate, preprocess_recording, record_segments
 from ecgmamba.records import (TWELVE_LEADS, RecordError, parse_header, select_leads, standard_leads,
                               to_millivolts)
@@ -82,6 +82,7 @@ def save_lead_model(model_directory, leads, model, table, thresholds, preprocess
         "classes": table.class_codes,
         "thresholds": [float(t) for t in thresholds],
         "model": model.config.to_dict(),
+        "members": len(model.members) if isinstance(model, AveragedNetworks) else 1,
         "preprocess": preprocess.to_dict(),
         **(extra or {}),
     })
@@ -123,6 +124,9 @@ def load_model(model_directory, leads, device=None):
         preprocess = PreprocessConfig.from_dict(meta["preprocess"])
         classes, thresholds, model_leads = list(meta["classes"]), list(meta["thresholds"]), tuple(meta["leads"])
         prior = meta.get("prior")
+        members = meta.get("members", 1)  # files saved before ensembles were possible hold one network
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise ValueError(f"members {members!r} is not a count of networks")
         if not len(classes) == len(thresholds) == config.num_classes:
             raise ValueError(f"{len(classes)} classes and {len(thresholds)} thresholds for a network with "
                              f"{config.num_classes} outputs")
@@ -131,9 +135,9 @@ def load_model(model_directory, leads, device=None):
     except (KeyError, TypeError, ValueError) as error:
         raise checkpoint.ModelFileError(f"{stem}.json: incomplete or invalid model description ({error})") from None
     if "base" in meta:
-        network = _load_on_base(model_directory, stem, meta, config)
+        network = _load_on_base(model_directory, stem, meta, config, members)
     else:
-        network = checkpoint.load_state_into(ECGMamba(config), stem + ".safetensors",
+        network = checkpoint.load_state_into(network_for(config, members), stem + ".safetensors",
                                              expected_digest=meta.get("weights_sha256"))
     if sliced:
         network, model_leads = specialise(network, leads), leads
@@ -142,7 +146,7 @@ def load_model(model_directory, leads, device=None):
                        inference_precision(meta, device))
 
 
-def _load_on_base(model_directory, stem, meta, config):
+def _load_on_base(model_directory, stem, meta, config, members=1):
     """A network saved as its differences from a base model in the same folder (save_lead_model's `base`): the base's
     tensors sliced to this model's leads, this file's tensors over them, checked against the whole state's digest."""
     from ecgmamba.train import sliced_state
@@ -166,7 +170,7 @@ def _load_on_base(model_directory, stem, meta, config):
     if checkpoint.tensors_digest(state) != state_digest:
         raise checkpoint.ModelFileError(f"{stem}.safetensors with {base_stem}.safetensors do not rebuild the weights "
                                         "it was saved with; train again")
-    network = ECGMamba(config)
+    network = network_for(config, members)
     checkpoint.load_state_dict_checked(network, state, stem + ".safetensors")
     return network
 
@@ -222,7 +226,7 @@ def predict_many(network, signals, preprocess, device, batch_size=64, precision=
     if not len(signals):
         return np.zeros((0, num_classes))
     segments, passes = segment_passes(signals, preprocess, batch_size)
-    masked = isinstance(network, ECGMamba)  # other networks (the benchmark's baseline) take the input alone
+    masked = isinstance(network, (ECGMamba, AveragedNetworks))  # others (the benchmark's baseline) take the input alone
     logits = np.zeros((len(segments), num_classes))
     network.eval()
     for chosen, x, valid in passes:

@@ -483,6 +483,34 @@ class ECGMamba(nn.Module):
         return self.head(self.dropout(self.forward_features(signal, valid_samples)))
 
 
+class AveragedNetworks(nn.Module):
+    """Networks of one configuration trained apart (TrainConfig.ensemble), read as one. Two runs of one recipe
+    differ by several AUPRC points on the hard benchmark's rhythm classes, and the average of their probabilities
+    scores at least their mean (bench/RESULTS.md). The forward pass returns the logit of the members' mean
+    probability, so whatever reads a network's logits (sigmoid, thresholds, chunk aggregation) reads this one
+    unchanged; it is computed from log-sigmoids, exact where a member's logit is large."""
+
+    def __init__(self, members):
+        super().__init__()
+        members = list(members)
+        if not members or any(m.config != members[0].config for m in members):
+            raise ValueError("an ensemble needs one or more networks of one configuration")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    def forward(self, signal, valid_samples=None):
+        logits = torch.stack([member(signal, valid_samples).float() for member in self.members])
+        count = math.log(len(self.members))
+        log_mean = torch.logsumexp(F.logsigmoid(logits), dim=0) - count          # log of the mean probability
+        log_mean_not = torch.logsumexp(F.logsigmoid(-logits), dim=0) - count     # log of one minus it
+        return log_mean - log_mean_not
+
+
+def network_for(config, members=1):
+    """An untrained network of `config`: one ECGMamba, or an AveragedNetworks of `members` of them."""
+    return ECGMamba(config) if members == 1 else AveragedNetworks(ECGMamba(config) for _ in range(members))
+
+
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 

@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from ecgmamba.augment import WARP_SHARE, augment_crop, draw_warp, episodic_class
 from ecgmamba.cache import build_cache
 from ecgmamba.inference import autocast, model_file_stem, predict_cached, resolve_precision, save_lead_model
 from ecgmamba.metrics import compute_accuracy, compute_auc, compute_challenge_metric, compute_f_measure
-from ecgmamba.model import ECGMamba, PRESET_SAMPLING_RATES, preset_config, report_backends
+from ecgmamba.model import AveragedNetworks, ECGMamba, PRESET_SAMPLING_RATES, preset_config, report_backends
 from ecgmamba.preprocess import PreprocessConfig
 from ecgmamba.records import LEAD_SETS, TWELVE_LEADS, RecordError
 from ecgmamba.scoring import load_scoring
@@ -89,6 +89,8 @@ class TrainConfig:
     activation_checkpointing: str = "auto"  # recompute each block in the backward pass instead of keeping its
                                      # activations: "on", "off", or "auto": on when a step's activations (counted
                                      # by a probe) would fill over 60 % of the free GPU memory, off on the CPU
+    ensemble: int = 1                # networks trained one after another with seeds seed, seed+1, ... (each for
+                                     # `epochs`), whose probabilities inference averages (model.AveragedNetworks)
     bn_recalibration_records: int = 512  # shared strategy: per lead set, BatchNorm statistics re-estimated on this
                                      # many training records seen with those leads (0: keep the mixed statistics)
     seed: int = 0
@@ -138,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"time_warp must be between 0 and 1 (speeds within [1/(1+w), 1+w]), not {c.time_warp!r}")
         if not 0 <= c.warp_share <= 1:
             raise ValueError(f"warp_share must be between 0 and 1 (the fraction of crops warped), not {c.warp_share!r}")
+        if isinstance(c.ensemble, bool) or not isinstance(c.ensemble, int) or c.ensemble < 1:
+            raise ValueError(f"ensemble must be a whole number of networks, 1 or more, not {c.ensemble!r}")
         return c
 
 
@@ -539,6 +543,8 @@ class StageTimer:
 def specialise(model, leads):
     """A model for `leads` from a 12-lead one: the first convolution keeps only those input channels. The new model
     lives on the same device as `model`, so nothing between training and saving leaves the training device."""
+    if isinstance(model, AveragedNetworks):
+        return AveragedNetworks(specialise(member, leads) for member in model.members)
     config = type(model.config)(**{**asdict(model.config), "num_leads": len(leads)})
     device = next(model.parameters()).device
     special = ECGMamba(config).to(device)
@@ -547,9 +553,13 @@ def specialise(model, leads):
 
 
 def sliced_state(state, leads):
-    """A 12-lead network's state dict for `leads`: only the stem's first convolution sees the leads."""
-    first = "stem.0.weight"
-    return {**state, first: state[first][:, [TWELVE_LEADS.index(lead) for lead in leads]].clone()}
+    """A 12-lead network's state dict for `leads`: only the stem's first convolution sees the leads (each member's,
+    in an ensemble's)."""
+    columns = [TWELVE_LEADS.index(lead) for lead in leads]
+    firsts = [name for name in state if name == "stem.0.weight" or name.endswith(".stem.0.weight")]
+    if not firsts:
+        raise KeyError("stem.0.weight")
+    return {**state, **{name: state[name][:, columns].clone() for name in firsts}}
 
 
 RECALIBRATION_EPOCH = 10**6  # seeds the recalibration crops apart from every training epoch's
@@ -860,6 +870,35 @@ def folder_size(directory):
     return total
 
 
+def train_networks(config, suffix, model_config, lead_sets, cache, train_idx, select_idx, preprocess, table, work,
+                   model_directory, ctx, timer):
+    """{lead set: trained network} by config.strategy, every phase's name ending in `suffix` (an ensemble member's
+    checkpoints apart from the others'). config.seed draws the initialisation, crops and augmentation."""
+    args = (cache, train_idx, select_idx, config, preprocess, table, work, model_directory, ctx, timer)
+    torch.manual_seed(config.seed)
+    if config.strategy == "shared":
+        shared = ECGMamba(model_config)
+        shared = train_phase(f"shared{suffix}", shared, TWELVE_LEADS, lead_sets, lead_sets, config.epochs, *args)
+        models = {}
+        recalibration = np.random.default_rng(config.seed).permutation(train_idx)[:config.bn_recalibration_records]
+        for leads in lead_sets:
+            model = specialise(shared, leads)  # on the training device, like everything until the files are saved
+            with timer(f"BatchNorm statistics for {len(leads)} leads{suffix}"):
+                recalibrate_batchnorm(model, cache, recalibration, leads, preprocess, config, config.seed, ctx)
+            if config.finetune_epochs > 0:
+                model = train_phase(f"finetune_{len(leads)}{suffix}", model, leads, None, [leads],
+                                    config.finetune_epochs, *args)
+            models[leads] = model
+    else:
+        models = {}
+        for leads in lead_sets:
+            torch.manual_seed(config.seed)
+            model = ECGMamba(type(model_config)(**{**asdict(model_config), "num_leads": len(leads)}))
+            models[leads] = train_phase(f"separate_{len(leads)}{suffix}", model, leads, None, [leads], config.epochs,
+                                        *args)
+    return models
+
+
 def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_SETS):
     """Train models for every lead set in `lead_sets` from the recordings in `data_directory`."""
     os.makedirs(model_directory, exist_ok=True)
@@ -904,29 +943,12 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
               file=sys.stderr)
     train_idx, val_idx = stratified_split(cache.labels, config.val_fraction, config.seed)
     select_idx, tune_idx, split_method = split_validation(cache.labels, val_idx, config.seed)
-    args = (cache, train_idx, select_idx, config, preprocess, table, work, model_directory, ctx, timer)
-
-    torch.manual_seed(config.seed)
-    if config.strategy == "shared":
-        shared = ECGMamba(model_config)
-        shared = train_phase("shared", shared, TWELVE_LEADS, lead_sets, lead_sets, config.epochs, *args)
-        models = {}
-        recalibration = np.random.default_rng(config.seed).permutation(train_idx)[:config.bn_recalibration_records]
-        for leads in lead_sets:
-            model = specialise(shared, leads)  # on the training device, like everything until the files are saved
-            with timer(f"BatchNorm statistics for {len(leads)} leads"):
-                recalibrate_batchnorm(model, cache, recalibration, leads, preprocess, config, config.seed, ctx)
-            if config.finetune_epochs > 0:
-                model = train_phase(f"finetune_{len(leads)}", model, leads, None, [leads],
-                                    config.finetune_epochs, *args)
-            models[leads] = model
-    else:
-        models = {}
-        for leads in lead_sets:
-            torch.manual_seed(config.seed)
-            model = ECGMamba(type(model_config)(**{**asdict(model_config), "num_leads": len(leads)}))
-            models[leads] = train_phase(f"separate_{len(leads)}", model, leads, None, [leads], config.epochs,
-                                        *args)
+    runs = [train_networks(replace(config, seed=config.seed + member),
+                           f"_member{member}" if member else "", model_config, lead_sets, cache, train_idx, select_idx,
+                           preprocess, table, work, model_directory, ctx, timer)
+            for member in range(config.ensemble)]
+    models = {leads: runs[0][leads] if len(runs) == 1 else AveragedNetworks(run[leads] for run in runs)
+              for leads in lead_sets}
 
     # Final validation of the tuning half with inference's own windows and precision, on the training device,
     # sharded over ranks: the thresholds are tuned on exactly the probabilities inference will give. The scores

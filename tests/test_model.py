@@ -311,3 +311,26 @@ def test_a_hidden_layer_head_pools_the_same_way_and_round_trips_its_config():
         features, _ = model.token_features(x)
         assert model.token_logits(features).shape == (2, features.shape[1], config.num_classes)
     assert ModelConfig.from_dict(config.to_dict()) == config
+
+
+def test_an_ensemble_answers_the_logit_of_its_members_mean_probability_even_where_they_saturate():
+    from ecgmamba.model import AveragedNetworks, network_for
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    members = [ECGMamba(config).eval() for _ in range(3)]
+    ensemble = AveragedNetworks(members).eval()
+    x, valid = torch.randn(2, 12, 512), torch.tensor([300, 512])
+    with torch.no_grad():
+        mean = torch.stack([m(x, valid).sigmoid() for m in members]).mean(0)
+        torch.testing.assert_close(ensemble(x, valid).sigmoid(), mean)
+        for member in members:  # one member sure, one sure of the opposite: the mean is near 1/2, not NaN
+            member.head.bias.zero_()
+        members[0].head.bias.fill_(60.0)
+        members[1].head.bias.fill_(-60.0)
+        answer = ensemble(x, valid).sigmoid()
+    assert torch.isfinite(answer).all() and ((answer - 0.5).abs() < 1 / 3 + 1e-4).all()
+    assert ensemble.config == config and isinstance(network_for(config), ECGMamba)
+    assert len(network_for(config, 2).members) == 2
+    with pytest.raises(ValueError, match="one configuration"):
+        AveragedNetworks([ECGMamba(config), ECGMamba(tiny_config(num_leads=2))])

@@ -607,3 +607,40 @@ def test_model_json_documents_the_split_and_the_honest_scores(trained_model):
     assert split["selection_records"] + split["threshold_records"] == split["validation_records"]
     assert "selection half chooses the epoch" in split["method"] and "cross-fitting" in split["reported"]
     assert {"auroc", "auprc", "challenge", "challenge_in_sample", "f_measure", "accuracy"} <= set(meta["validation"])
+
+
+def test_an_ensemble_trains_its_members_apart_and_answers_their_mean(tmp_path, data_dir):
+    import team_code
+    from ecgmamba import checkpoint, inference
+    from ecgmamba.explain import token_evidence
+    from ecgmamba.model import AveragedNetworks
+    from ecgmamba.train import training_code
+
+    model_dir = str(tmp_path / "model")
+    training_code(data_dir, model_dir, tiny_config(ensemble=2, seed=3))
+    phases = {row["phase"] for row in read_log(model_dir)}
+    assert {"shared", "shared_member1"} <= phases, phases
+    header_files, recording_files = helper_code.find_challenge_files(data_dir)
+    header, recording = helper_code.load_header(header_files[0]), helper_code.load_recording(recording_files[0])
+    for leads in LEAD_SETS + (("I", "V5", "aVR"),):
+        model = inference.load_model(model_dir, leads, device="cpu")
+        network = model.network
+        assert isinstance(network, AveragedNetworks) and len(network.members) == 2
+        first, second = network.members
+        assert not torch.equal(first.stem[0].weight, second.stem[0].weight)  # seeds 3 and 4
+        signal = inference.prepare(model, header, recording)
+        alone = [inference.predict_many(m, [signal], model.preprocess, "cpu")[0] for m in network.members]
+        classes, labels, probabilities = team_code.run_model(model, header, recording)
+        np.testing.assert_allclose(probabilities, np.mean(alone, axis=0), rtol=1e-5, atol=1e-7)
+        assert labels == [int(p >= t) for p, t in zip(probabilities, model.thresholds)]
+        times, evidence = token_evidence(network, signal, model.preprocess, "cpu")
+        assert evidence.shape == (len(times), len(classes)) and np.isfinite(evidence).all()
+    for leads in LEAD_SETS:
+        stem, meta = lead_model_files(model_dir, leads)
+        assert meta["members"] == 2 and meta["train_config"]["ensemble"] == 2
+        if leads != LEAD_SETS[0]:  # both members' reduced-lead copies stored as differences from the 12-lead pair
+            own = checkpoint.load_tensors(stem + ".safetensors")
+            assert {name.split(".")[1] for name in own} == {"0", "1"}
+            assert all("running_" in name or "num_batches_tracked" in name for name in own), sorted(own)
+    with pytest.raises(ValueError, match="ensemble must be"):
+        tiny_config(ensemble=0).resolved()

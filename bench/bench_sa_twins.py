@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the network read sinus arrhythmia from the rhythm, or recognise the training patients who have it?
 
-    python bench/bench_sa_twins.py --work /tmp/s18/hard --model "small:time_warp=0.3" --train-seed 4 [--fresh 400]
+    python bench/bench_sa_twins.py --work /tmp/s18/hard --model "small:time_warp=0.3" --train-seed 4 [--epochs E] [--fresh 400]
 
 For each sinus record, training record or fresh one, the hard generator writes a twin: the same patient (labels,
 rate, morphology, noise draws, sampling rate, length) with one thing changed, the depth of the respiratory RR
@@ -99,6 +99,7 @@ def main():
     parser.add_argument("--model", default="small:time_warp=0.3")
     parser.add_argument("--seed", type=int, default=0, help="the data seed of --work")
     parser.add_argument("--train-seed", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=30, help="the --epochs it was trained for")
     parser.add_argument("--train-records", type=int, default=2000, help="how many training records --work holds")
     parser.add_argument("--first", type=int, default=1000, help="twin the sinus records among the first N of them")
     parser.add_argument("--fresh", type=int, default=1000, help="and among N fresh 10 s records (data seed + 5)")
@@ -109,7 +110,7 @@ def main():
     torch.manual_seed(train_seed)
     table = load_scoring("2021")
     model, preprocess, config, cache = prepare(args.model, table, args.work, 16, train_seed)
-    model.load_state_dict(torch.load(weights_path(args.work, args.model, train_seed, args.seed)))
+    model.load_state_dict(torch.load(weights_path(args.work, args.model, train_seed, args.seed, args.epochs)))
     network, _ = LeadSetModels(model.eval(), cache, preprocess, config)(TWELVE_LEADS)
     reading = reading_config(preprocess, "whole")
     sa = table.code_to_index()[SA]

@@ -2,7 +2,7 @@
 """Where the short-record gap comes from: a network that bench_quality.py trained, read by record length and on
 long records cut short, beside the RR-interval ceiling on the same cuts.
 
-    python bench/bench_short_records.py --work DIR --model SPEC [--train-seed N] [--short-records N]
+    python bench/bench_short_records.py --work DIR --model SPEC [--train-seed N] [--epochs E] [--short-records N]
                                         [--paired N] [--cuts 6 8 10 20] [--bootstrap 1000] [--out FILE]
 
 --work is a folder where bench_quality.py trained SPEC: its generated data, cache and weights (SPEC.pt, or
@@ -150,6 +150,7 @@ def main():
     parser.add_argument("--model", required=True,
                         help="the model spec bench_quality.py trained, e.g. small:time_warp=0.3")
     parser.add_argument("--train-seed", type=int, help="the --train-seed it was trained with (default: the data's)")
+    parser.add_argument("--epochs", type=int, default=30, help="the --epochs it was trained for")
     parser.add_argument("--cuts", nargs="+", type=float, default=[6.0, 8.0, 10.0, 20.0],
                         help="seconds of each long test record to read")
     parser.add_argument("--short-records", type=int,
@@ -161,7 +162,7 @@ def main():
                         help="resamples for the interval of the short-record gap (0: none)")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args()
-    weights, data_seed = trained_weights(args.work, args.model, args.train_seed)
+    weights, data_seed = trained_weights(args.work, args.model, args.train_seed, args.epochs)
     train_seed = data_seed if args.train_seed is None else args.train_seed
     held = [int(m.group(1)) for path in glob.glob(os.path.join(args.work, "test_short_*"))
             if (m := re.fullmatch(r"test_short_(\d+)", os.path.basename(path)))]

@@ -130,11 +130,12 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     rows = [line for line in out.read_text().splitlines() if line.startswith(f"| {spec} |")]
     assert len(rows) == 5 and all(len(row.strip("|").split("|")) == 17 for row in rows)
     assert len(list((tmp_path / "work" / "test_short_6").glob("*.hea"))) == 6
-    assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1,time_warp=0.3.pt").exists()
-    assert (tmp_path / "work" / "resnet.pt").exists()
+    assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1,time_warp=0.3.e1.pt").exists()
+    assert (tmp_path / "work" / "resnet.e1.pt").exists()
     # bench_short_records reads the saved network on the same data: by length band, and long records cut short
     lengths = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
-                   "--cuts", "6", "10", "--bootstrap", "20", "--paired", "6", "--out", str(tmp_path / "lengths.md")])
+                   "--epochs", "1", "--cuts", "6", "10", "--bootstrap", "20", "--paired", "6",
+                   "--out", str(tmp_path / "lengths.md")])
     assert lengths.returncode == 0, lengths.stderr[-3000:]
     text = (tmp_path / "lengths.md").read_text()
     assert "| record length | records | SA records | rhythm AUPRC | SA AUPRC |" in text
@@ -151,7 +152,7 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
         (_, _, fs, n), (_, _, long_fs, long_n) = short[0].split()[:4], long.split()[:4]
         assert fs == long_fs and 6.0 <= int(n) / int(fs) <= 10.0 and 20.0 <= int(long_n) / int(fs) <= 60.0
     larger = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
-                  "--short-records", "8", "--cuts", "6", "--bootstrap", "0"])
+                  "--epochs", "1", "--short-records", "8", "--cuts", "6", "--bootstrap", "0"])
     assert larger.returncode == 0, larger.stderr[-3000:]
     assert "8 short ones (test_short_8)" in larger.stdout and "| AUPRC | gap |" not in larger.stdout
     smaller, extended = tmp_path / "work" / "test_short_6", tmp_path / "work" / "test_short_8"
@@ -159,15 +160,22 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     for header in smaller.glob("*.hea"):  # a larger short set extends the smaller one with the same records
         assert (extended / header.name).read_text() == header.read_text()
     twins = run([sys.executable, "bench/bench_sa_twins.py", "--work", str(tmp_path / "work"), "--model", spec,
-                 "--train-records", "24", "--first", "24", "--fresh", "12", "--curve", "1"])
+                 "--epochs", "1", "--train-records", "24", "--first", "24", "--fresh", "12", "--curve", "1"])
     assert twins.returncode == 0, twins.stderr[-3000:]
     assert [line.split("|")[1].strip() for line in twins.stdout.splitlines() if line.startswith("| ")
             and line.count("|") == 8][1:] == ["training", "fresh"]
     rows = [line.split("|")[1].strip() for line in twins.stdout.splitlines() if line.startswith("| ")]
     assert rows[-4:] == ["depth (of RR)", "normal rate", "bradycardia", "tachycardia"]
+    short = run([sys.executable, "bench/bench_quality.py", "--train-records", "24", "--test-records", "12",
+                 "--short-test-records", "6", "--epochs", "2", "--models", spec, "--train-seed", "5", "--train-only",
+                 "--work", str(tmp_path / "work")])
+    assert short.returncode == 0, short.stderr[-3000:]
+    assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1,time_warp=0.3.e2.seed5.pt").exists()
+    assert "| (not read) |" in short.stdout and "by sinus rate" not in short.stdout
     missing = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
                    "--train-seed", "7"])
     assert missing.returncode != 0 and ".seed7.pt: no such weights" in missing.stderr
+    assert "--train-seed 7" in missing.stderr
     other = run([sys.executable, "bench/bench_quality.py", "--train-records", "24", "--test-records", "12",
                  "--seed", "1", "--work", str(tmp_path / "work")])
     assert other.returncode != 0 and "holds data generated with" in other.stderr   # not a silent reuse
@@ -213,3 +221,8 @@ def test_ensemble_members_parse_and_every_pair_is_averaged():
     assert [group for group, _ in rows] == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
     assert np.allclose([value for _, value in rows], [0.1, 0.4, 0.7, 0.25, 0.4, 0.55, 0.4])
     assert [group for group, _ in ensemble_rows(members[:2], np.mean)] == [(0,), (1,), (0, 1)]
+    from bench_quality import weights_path
+
+    assert weights_path("w", "small:a=1", 5, 0) == os.path.join("w", "small_a=1.seed5.pt")
+    assert weights_path("w", "small:a=1", 0, 0, epochs=15) == os.path.join("w", "small_a=1.e15.pt")
+    assert weights_path("w", "small:a=1", 5, 0, epochs=15) == os.path.join("w", "small_a=1.e15.seed5.pt")

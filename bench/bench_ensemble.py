@@ -2,10 +2,11 @@
 """What averaging training runs buys: networks that bench_quality.py trained, scored alone and with their
 probabilities averaged, on the same test records.
 
-    python bench/bench_ensemble.py --work DIR --members SPEC@SEED SPEC@SEED [...] [--epochs 30] [--leads 12 2] [--out FILE]
+    python bench/bench_ensemble.py --work DIR --members SPEC@SEED SPEC@SEED [...] [--epochs 30] [--leads 12 2]
+                                   [--out FILE]
 
-Each member is a model spec and the --train-seed bench_quality.py trained it with, e.g.
-`small:time_warp=0.3@4`; its weights are read from --work (SPEC.seedN.pt, SPEC.eE.seedN.pt for --epochs E). Every member is read as
+Each member is a model spec and the --train-seed bench_quality.py trained it with, e.g. `small:time_warp=0.3@4`;
+its weights are read from --work (SPEC.seedN.pt; SPEC.eE.seedN.pt for --epochs E). Every member is read as
 bench_quality.py reads it (sliced to each lead set, BatchNorm statistics re-estimated, the whole record in one
 pass), so its own row repeats bench_quality.py's figures. Then every pair of members and all of them together are
 scored with the mean of their probabilities. The spread of `small` between runs is the one thing left in issue

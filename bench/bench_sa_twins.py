@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Does the network read sinus arrhythmia from the rhythm, or recognise the training patients who have it?
 
-    python bench/bench_sa_twins.py --work /tmp/s18/hard --model "small:time_warp=0.3" --train-seed 4 [--epochs E] [--fresh 400]
+    python bench/bench_sa_twins.py --work /tmp/s18/hard --model "small:time_warp=0.3" --train-seed 4 [--epochs E]
+                                   [--fresh 400]
 
 For each sinus record, training record or fresh one, the hard generator writes a twin: the same patient (labels,
 rate, morphology, noise draws, sampling rate, length) with one thing changed, the depth of the respiratory RR

@@ -62,7 +62,7 @@ def main():
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args()
     found = [trained_weights(args.work, spec, seed, args.epochs) for spec, seed in args.members]
-    weights, data_seed = [path for path, _ in found], found[0][1]
+    weights, data_seed = [path for path, _, _ in found], found[0][1]
     if not os.path.isdir(os.path.join(args.work, f"test_short_{args.short_records}")):
         sys.exit(f"{args.work}: no test_short_{args.short_records} folder; bench_quality.py writes it")
 

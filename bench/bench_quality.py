@@ -409,8 +409,8 @@ def weights_path(work, spec, train_seed, data_seed, epochs=30):
 
 
 def trained_weights(work, spec, train_seed=None, epochs=30):
-    """(weights path, data seed) of a network bench_quality.py trained in `work` (train_seed None: the data's);
-    exits naming the file, and the command that trains it, when it is missing."""
+    """(weights path, data seed, training seed) of a network bench_quality.py trained in `work` (train_seed None:
+    the data's, from its data.json); exits naming the file, and the command that trains it, when it is missing."""
     with open(os.path.join(work, "data.json")) as f:
         data_seed = json.load(f)["seed"]
     train_seed = data_seed if train_seed is None else train_seed
@@ -419,7 +419,7 @@ def trained_weights(work, spec, train_seed=None, epochs=30):
         sys.exit(f"{path}: no such weights; train them with bench_quality.py --work {work} --models {spec!r}"
                  + (f" --train-seed {train_seed}" if train_seed != data_seed else "")
                  + (f" --epochs {epochs}" if epochs != 30 else ""))
-    return path, data_seed
+    return path, data_seed, train_seed
 
 
 def prepare(spec, table, work, batch_size, train_seed):

@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from bench_quality import SINUS_RATES, LeadSetModels, predict, prepare, reading_config, weights_path  # noqa: E402
+from bench_quality import SINUS_RATES, LeadSetModels, predict, prepare, reading_config, trained_weights  # noqa: E402
 from ecgmamba.preprocess import preprocess_recording  # noqa: E402
 from ecgmamba.records import TWELVE_LEADS  # noqa: E402
 from ecgmamba.scoring import load_scoring  # noqa: E402
@@ -98,7 +98,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", required=True)
     parser.add_argument("--model", default="small:time_warp=0.3")
-    parser.add_argument("--seed", type=int, default=0, help="the data seed of --work")
     parser.add_argument("--train-seed", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=30, help="the --epochs it was trained for")
     parser.add_argument("--train-records", type=int, default=2000, help="how many training records --work holds")
@@ -107,18 +106,18 @@ def main():
     parser.add_argument("--curve", type=int, default=60, help="patients per sinus rate for the depth response "
                         "(data seed + 6); 0: none")
     args = parser.parse_args()
-    train_seed = args.seed if args.train_seed is None else args.train_seed
+    weights, data_seed, train_seed = trained_weights(args.work, args.model, args.train_seed, args.epochs)
     torch.manual_seed(train_seed)
     table = load_scoring("2021")
     model, preprocess, config, cache = prepare(args.model, table, args.work, 16, train_seed)
-    model.load_state_dict(torch.load(weights_path(args.work, args.model, train_seed, args.seed, args.epochs)))
+    model.load_state_dict(torch.load(weights, weights_only=True))
     network, _ = LeadSetModels(model.eval(), cache, preprocess, config)(TWELVE_LEADS)
     reading = reading_config(preprocess, "whole")
     sa = table.code_to_index()[SA]
 
-    sets = {"training": np.random.SeedSequence(args.seed).spawn(args.train_records)[:args.first],
-            "fresh": np.random.SeedSequence(args.seed + 5).spawn(args.fresh)}
-    print(f"{args.model}, training seed {train_seed}, data seed {args.seed}; SA probability, 12 leads, whole reading")
+    sets = {"training": np.random.SeedSequence(data_seed).spawn(args.train_records)[:args.first],
+            "fresh": np.random.SeedSequence(data_seed + 5).spawn(args.fresh)}
+    print(f"{args.model}, training seed {train_seed}, data seed {data_seed}; SA probability, 12 leads, whole reading")
     print("| records | pairs | SA record above its twin (paired AUROC) | median p(SA): SA record | its twin without SA "
           "| record without SA | its twin with SA |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -145,7 +144,7 @@ def main():
 
     if args.curve:
         depths = np.round(np.arange(0.01, 0.1101, 0.01), 2)
-        curve = depth_curve(network, preprocess, reading, sa, args.curve, args.seed + 6, depths)
+        curve = depth_curve(network, preprocess, reading, sa, args.curve, data_seed + 6, depths)
         print(f"\nMedian p(SA) by respiratory modulation depth ({args.curve} patients per rate, each at every depth; "
               "the generator labels 0.01-0.04 normal, 0.06-0.11 SA):")
         print("| depth (of RR) | " + " | ".join(f"{d:.2f}" for d in depths) + " | 0.06 above 0.04, same patient | "

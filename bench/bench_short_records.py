@@ -162,8 +162,7 @@ def main():
                         help="resamples for the interval of the short-record gap (0: none)")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args()
-    weights, data_seed = trained_weights(args.work, args.model, args.train_seed, args.epochs)
-    train_seed = data_seed if args.train_seed is None else args.train_seed
+    weights, data_seed, train_seed = trained_weights(args.work, args.model, args.train_seed, args.epochs)
     held = [int(m.group(1)) for path in glob.glob(os.path.join(args.work, "test_short_*"))
             if (m := re.fullmatch(r"test_short_(\d+)", os.path.basename(path)))]
     if args.short_records is None and not held:

@@ -106,8 +106,8 @@ class ResNet1D(nn.Module):
         return self.head(0.5 * (h.mean(-1) + h.amax(-1)))
 
 
-TRAINING_KEYS = ("crop", "max_crop_seconds", "min_crop_seconds", "batch_size", "weight_decay", "weight_decay_scope", "noise_augment",
-                 "wander_augment", "time_warp", "warp_share")
+TRAINING_KEYS = ("crop", "max_crop_seconds", "min_crop_seconds", "batch_size", "lr", "weight_decay", "weight_decay_scope",
+                 "noise_augment", "wander_augment", "time_warp", "warp_share")
 PREPROCESS_KEYS = ("scaling",)
 
 
@@ -487,7 +487,7 @@ def main():
         torch.manual_seed(train_seed)
         model, preprocess, config, cache = prepare(spec, table, args.work, args.batch_size, train_seed)
         test_records, short_records = read_test_set(test_dir, preprocess), read_test_set(short_dir, preprocess)
-        lr = 1e-3 if isinstance(model, ResNet1D) else 3e-3
+        lr = config.lr if "lr" in spec_values(spec)[1] else 1e-3 if isinstance(model, ResNet1D) else 3e-3
         started = time.perf_counter()
         train(model, cache, preprocess, args.epochs, config, lr, table, spec_values(spec)[1].get("ema", 0.0))
         seconds = time.perf_counter() - started

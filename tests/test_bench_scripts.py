@@ -226,3 +226,11 @@ def test_ensemble_members_parse_and_every_pair_is_averaged():
     assert weights_path("w", "small:a=1", 5, 0) == os.path.join("w", "small_a=1.seed5.pt")
     assert weights_path("w", "small:a=1", 0, 0, epochs=15) == os.path.join("w", "small_a=1.e15.pt")
     assert weights_path("w", "small:a=1", 5, 0, epochs=15) == os.path.join("w", "small_a=1.e15.seed5.pt")
+
+
+def test_a_spec_sets_the_peak_learning_rate_and_each_network_keeps_its_own_default():
+    from bench_quality import peak_lr
+
+    assert peak_lr("small:time_warp=0.3,lr=0.0015") == 0.0015
+    assert peak_lr("small:time_warp=0.3") == 3e-3
+    assert peak_lr("resnet") == 1e-3

@@ -28,7 +28,8 @@ arrhythmia's AUPRC within each sinus rate (normal, bradycardia, tachycardia; 12 
 evidence lies.
 A model is `resnet` or a preset with overrides after a colon: ModelConfig fields, the training settings `crop`
 (`variable` or `window`), `max_crop_seconds`, `batch_size` (in windows), `weight_decay` and `weight_decay_scope`,
-`noise_augment`, `wander_augment`, `time_warp` and `warp_share`, the benchmark's own `ema` (keep a moving average
+`noise_augment`, `wander_augment`, `time_warp`, `warp_share` and `rhythm_target` (the weight of the auxiliary RR-variability
+loss, which also gives the network its `rhythm_head`), the benchmark's own `ema` (keep a moving average
 of the weights with this decay per step; tried once and lost), and the preprocessing's `scaling`, e.g.
 `small:pooling=mean,position=none,crop=window,scaling=record`.
 """
@@ -61,7 +62,7 @@ from ecgmamba.synthetic import (AF, MIXED_RATE_WEIGHTS, MIXED_RATES, PAC, PVC, S
                                 generate_dataset, generate_record, write_record)
 from ecgmamba.augment import episodic_classes, warp_keeps  # noqa: E402
 from ecgmamba.train import (TrainConfig, WindowDataset, classification_loss, crop_plan, learning_rate,  # noqa: E402
-                            make_optimizer, positive_weights, recalibrate_batchnorm, specialise)
+                            make_optimizer, positive_weights, recalibrate_batchnorm, rhythm_loss, specialise)
 
 RHYTHM_CLASSES = {"PAC": PAC, "PVC": PVC, "SA": SA, "AF": AF}
 SINUS_RATES = (("normal rate", SR), ("bradycardia", SB), ("tachycardia", STACH))  # where sinus arrhythmia occurs
@@ -107,7 +108,7 @@ class ResNet1D(nn.Module):
 
 
 TRAINING_KEYS = ("crop", "max_crop_seconds", "min_crop_seconds", "batch_size", "lr", "weight_decay", "weight_decay_scope",
-                 "noise_augment", "wander_augment", "time_warp", "warp_share")
+                 "noise_augment", "wander_augment", "time_warp", "warp_share", "rhythm_target")
 PREPROCESS_KEYS = ("scaling",)
 
 
@@ -130,6 +131,8 @@ def build_model(spec, num_classes):
     if preset == "resnet":  # trained at 250 Hz like small, but decaying matrices only and unwarped, as it was measured
         return (ResNet1D(num_classes=num_classes), "small", {"weight_decay_scope": "matrices", "time_warp": 0.0,
                                                               **training}, preprocessing)
+    if training.get("rhythm_target", 0) > 0:  # the auxiliary target needs its head, as training_code builds it
+        values["rhythm_head"] = True
     return ECGMamba(preset_config(preset, num_classes=num_classes, **values)), preset, training, preprocessing
 
 
@@ -185,7 +188,7 @@ def train(model, cache, preprocess, epochs, config, lr, table, ema=0.0):
     dataset = WindowDataset(cache, np.arange(len(cache)), preprocess.window_samples, TWELVE_LEADS, LEAD_SETS,
                             config.seed, config.noise_augment, config.wander_augment, config.time_warp,
                             warp_keeps(table), episodic_classes(table) if config.min_crop_seconds else None,
-                            config.warp_share)
+                            config.warp_share, rhythm=config.rhythm_target > 0)
     optimizer = make_optimizer(model, lr, config.weight_decay, config.weight_decay_scope)
     pos_weight = positive_weights(cache.labels)
     plan = crop_plan(config, preprocess, cache.lengths, (0, 1, 0))
@@ -196,11 +199,16 @@ def train(model, cache, preprocess, epochs, config, lr, table, ema=0.0):
         dataset.set_epoch(epoch)
         model.train()
         loader = DataLoader(dataset, batch_sampler=plan(epoch))
-        for x, y, valid in loader:
+        for x, y, valid, *rhythm in loader:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, lr, 0.05)
-            logits = model(x.float(), valid) if isinstance(model, ECGMamba) else model(x.float())
-            loss = classification_loss(logits, y, "weighted_bce", pos_weight)
+            if rhythm:  # as train.py: the auxiliary RR-variability target beside the classes
+                logits, predicted = model(x.float(), valid, with_rhythm=True)
+                loss = (classification_loss(logits, y, "weighted_bce", pos_weight)
+                        + config.rhythm_target * rhythm_loss(predicted, rhythm[0]))
+            else:
+                logits = model(x.float(), valid) if isinstance(model, ECGMamba) else model(x.float())
+                loss = classification_loss(logits, y, "weighted_bce", pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -51,6 +51,8 @@ class ModelConfig:
     position: str = "learned"        # "learned" (sized for num_samples, stretched to other lengths) or "none"
     stem_blocks: int = 0             # residual conv blocks (kernel 7) after the stem's first layer, for beat shape
     head_hidden: int = 0             # 0: a linear head; n: one hidden layer of n units (GELU) between pool and classes
+    rhythm_head: bool = False        # a second linear head on the pooled feature, predicting the input's RR-interval
+                                     # variability (beats.py): a training target only (train.py's rhythm_target)
 
     def to_dict(self):
         d = asdict(self)
@@ -375,7 +377,10 @@ class ECGMamba(nn.Module):
         width = self.pooled_parts * c.d_model
         self.head = (nn.Linear(width, c.num_classes) if c.head_hidden == 0 else
                      nn.Sequential(nn.Linear(width, c.head_hidden), nn.GELU(), nn.Linear(c.head_hidden, c.num_classes)))
+        self.rhythm_head = nn.Linear(width, 1) if c.rhythm_head else None
         self._init_weights()
+        if self.rhythm_head is not None:  # start near a sinus rhythm's log variability (beats.py), not at 0
+            nn.init.constant_(self.rhythm_head.bias, -3.5)
 
     def _init_weights(self):
         if self.pos_embed is not None:
@@ -475,12 +480,18 @@ class ECGMamba(nn.Module):
         spread = [torch.zeros_like(features)] * (self.pooled_parts - 2)
         return self.head(torch.cat([features, features] + spread, dim=-1))
 
-    def forward(self, signal, valid_samples=None):
+    def forward(self, signal, valid_samples=None, with_rhythm=False):
         """signal (B, num_leads, samples) -> logits (B, num_classes). valid_samples (B,): how many leading samples
-        of each row are signal (the rest zero padding); None: all."""
+        of each row are signal (the rest zero padding); None: all. with_rhythm (a model with rhythm_head):
+        (logits, predicted log RR variability (B,)), for training's auxiliary target."""
         if signal.dim() != 3 or signal.shape[1] != self.config.num_leads:
             raise ValueError(f"expected input (batch, {self.config.num_leads}, samples), got {tuple(signal.shape)}")
-        return self.head(self.dropout(self.forward_features(signal, valid_samples)))
+        pooled = self.dropout(self.forward_features(signal, valid_samples))
+        if not with_rhythm:
+            return self.head(pooled)
+        if self.rhythm_head is None:
+            raise ValueError("with_rhythm needs a model built with rhythm_head=True")
+        return self.head(pooled), self.rhythm_head(pooled).squeeze(-1)
 
 
 class AveragedNetworks(nn.Module):

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from ecgmamba import checkpoint
 from ecgmamba.augment import WARP_SHARE, augment_crop, draw_warp, episodic_classes, time_warp, warp_keeps, warp_span
+from ecgmamba.beats import rhythm_target
 from ecgmamba.cache import build_cache
 from ecgmamba.inference import autocast, model_file_stem, predict_cached, resolve_precision, save_lead_model
 from ecgmamba.metrics import compute_accuracy, compute_auc, compute_challenge_metric, compute_f_measure
@@ -86,6 +87,8 @@ class TrainConfig:
                                      # supervised on the classes a warp keeps (AF, AFL, PAC, PVC, SA: augment.py); 0: none;
                                      # -1: the preset's (small and large 0.3, paper 0)
     warp_share: float = WARP_SHARE   # the fraction of crops warped when time_warp is on (the rest keep every label)
+    rhythm_target: float = 0.0       # weight of an auxiliary loss: a second head regresses each crop's log RR-interval
+                                     # variability, read from the crop by beats.py's detector (Huber loss); 0: none
     activation_checkpointing: str = "auto"  # recompute each block in the backward pass instead of keeping its
                                      # activations: "on", "off", or "auto": on when a step's activations (counted
                                      # by a probe) would fill over 60 % of the free GPU memory, off on the CPU
@@ -140,6 +143,8 @@ class TrainConfig:
             raise ValueError(f"time_warp must be between 0 and 1 (speeds within [1/(1+w), 1+w]), not {c.time_warp!r}")
         if not 0 <= c.warp_share <= 1:
             raise ValueError(f"warp_share must be between 0 and 1 (the fraction of crops warped), not {c.warp_share!r}")
+        if not 0 <= c.rhythm_target <= 10:  # also refuses NaN
+            raise ValueError(f"rhythm_target must be between 0 (none) and 10 (a loss weight), not {c.rhythm_target!r}")
         if isinstance(c.ensemble, bool) or not isinstance(c.ensemble, int) or c.ensemble < 1:
             raise ValueError(f"ensemble must be a whole number of networks, 1 or more, not {c.ensemble!r}")
         return c
@@ -187,12 +192,15 @@ class WindowDataset(Dataset):
     With `warp`, some crops are played faster or slower (augment.py); their labels outside `warp_keeps` (bool per
     class) come back as NaN, which classification_loss leaves out. A crop shorter than the window that leaves part
     of its record out (min_crop_seconds) gets NaN for the classes in `episodic` (bool per class): it may have missed
-    the beat its record is labelled with.
+    the beat its record is labelled with. With `rhythm`, a fourth item: the crop's log RR variability
+    (beats.rhythm_target, NaN where it holds too few beats), taken before the noise is added; a warp plays every
+    interval at one speed, so it leaves the target as it was.
     """
 
     def __init__(self, cache, indices, window, leads, mask_lead_sets=None, seed=0, noise=0.0, wander=0.0, warp=0.0,
-                 warp_keeps=None, episodic=None, warp_share=WARP_SHARE):
+                 warp_keeps=None, episodic=None, warp_share=WARP_SHARE, rhythm=False):
         self.cache, self.indices, self.window = cache, np.asarray(indices), window
+        self.rhythm = rhythm
         self.episodic = episodic
         self.noise, self.wander, self.warp, self.warp_share = noise, wander, warp, warp_share
         if warp > 0 and warp_keeps is None:
@@ -221,6 +229,7 @@ class WindowDataset(Dataset):
         present = None if self.masks is None else self.masks[rng.integers(len(self.masks))]
         crop = self.cache.model_input(record, self.leads, present, start, span)
         crop = time_warp(crop, speed, length)
+        target = rhythm_target(crop, self.cache.preprocess.target_fs) if self.rhythm else None
         crop = augment_crop(crop, rng, self.cache.preprocess, self.noise, self.wander)
         labels = self.cache.labels[record].astype(np.float32)
         if speed != 1.0:
@@ -231,7 +240,8 @@ class WindowDataset(Dataset):
         # (with "record" scaling, a rounding of about 5e-4 relative after the division)
         x = np.zeros((len(self.leads), max(length, self.window)), dtype=np.float16)
         x[:, :crop.shape[1]] = crop
-        return torch.from_numpy(x), torch.from_numpy(labels), torch.tensor(crop.shape[1])
+        item = (torch.from_numpy(x), torch.from_numpy(labels), torch.tensor(crop.shape[1]))
+        return item if target is None else item + (torch.tensor(target, dtype=torch.float32),)
 
 
 def crop_batches(lengths, window, max_crop, budget, seed, epoch, rank=0, world=1, pool_batches=64, min_crop=None):
@@ -401,6 +411,15 @@ def classification_loss(logits, targets, kind="weighted_bce", pos_weight=None):
         return asymmetric_loss(logits, targets, supervised=supervised)
     loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
     return (loss * supervised).sum() / supervised.sum().clamp(min=1.0)
+
+
+def rhythm_loss(predicted, target):
+    """Huber loss of the predicted against the crops' log RR variability (beats.py), over the crops that have one
+    (NaN: too few beats); 0 with a gradient path when none has, so every DDP rank runs the same backward."""
+    known = ~torch.isnan(target)
+    if not known.any():
+        return predicted.sum() * 0.0
+    return F.smooth_l1_loss(predicted[known], target[known])
 
 
 def learning_rate(step, total_steps, base_lr, warmup_fraction):
@@ -689,7 +708,8 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     dataset = WindowDataset(cache, train_idx, preprocess.window_samples, leads, mask_lead_sets, config.seed,
                             config.noise_augment, config.wander_augment, config.time_warp, warp_keeps(table),
-                            episodic_classes(table) if config.min_crop_seconds else None, config.warp_share)
+                            episodic_classes(table) if config.min_crop_seconds else None, config.warp_share,
+                            rhythm=config.rhythm_target > 0)
     plan = crop_plan(config, preprocess, cache.lengths[train_idx], ctx)
     total_steps = max(1, sum(len(plan(epoch)) for epoch in range(epochs)))
     pos_weight = positive_weights(cache.labels[train_idx]).to(device)
@@ -747,16 +767,18 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
         bar = tqdm(loader, desc=f"[{name}] epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                    disable=not (config.progress and rank == 0), file=sys.stderr)
         with timer(f"{name} epoch {epoch + 1} training"):
-            for x, y, valid in bar:
+            for x, y, valid, *rhythm in bar:
                 lr = learning_rate(state["step"], total_steps, config.lr, config.warmup_fraction)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = x.to(device, non_blocking=True).float()
                 y = y.to(device, non_blocking=True)
                 with autocast(device, config.precision):
-                    logits = train_model(x, valid)
-                logits = logits.float()
-                loss = classification_loss(logits, y, config.loss, pos_weight)
+                    out = train_model(x, valid, with_rhythm=True) if rhythm else train_model(x, valid)
+                logits, predicted = out if rhythm else (out, None)
+                loss = classification_loss(logits.float(), y, config.loss, pos_weight)
+                if rhythm:
+                    loss = loss + config.rhythm_target * rhythm_loss(predicted.float(), rhythm[0].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if config.grad_clip > 0:
@@ -917,6 +939,7 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
                          f"num_samples {model_config.num_samples}")
     table = load_scoring("2021")
     model_config.num_classes = table.num_classes
+    model_config.rhythm_head = model_config.rhythm_head or config.rhythm_target > 0
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     work = config.work_directory or model_directory

@@ -120,7 +120,7 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     """bench_quality trains both models (one with noise and time warps), reads the short-record set and saves the weights
     it measured."""
     out = tmp_path / "table.md"
-    spec = "small:depth=1,noise_augment=0.1,time_warp=0.3"
+    spec = "small:depth=1,noise_augment=0.1,time_warp=0.3,rhythm_target=0.5"
     result = run([sys.executable, "bench/bench_quality.py", "--train-records", "24", "--test-records", "12",
                   "--short-test-records", "6", "--epochs", "1", "--models", spec, "resnet",
                   "--readings", "whole", "--train-eval", "10", "--work", str(tmp_path / "work"), "--out", str(out)])
@@ -130,7 +130,7 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
     rows = [line for line in out.read_text().splitlines() if line.startswith(f"| {spec} |")]
     assert len(rows) == 5 and all(len(row.strip("|").split("|")) == 17 for row in rows)
     assert len(list((tmp_path / "work" / "test_short_6").glob("*.hea"))) == 6
-    assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1,time_warp=0.3.e1.pt").exists()
+    assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1,time_warp=0.3,rhythm_target=0.5.e1.pt").exists()
     assert (tmp_path / "work" / "resnet.e1.pt").exists()
     # bench_short_records reads the saved network on the same data: by length band, and long records cut short
     lengths = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
@@ -170,7 +170,7 @@ def test_hard_benchmark_runs_end_to_end_at_toy_sizes(tmp_path):
                  "--short-test-records", "6", "--epochs", "2", "--models", spec, "--train-seed", "5", "--train-only",
                  "--work", str(tmp_path / "work")])
     assert short.returncode == 0, short.stderr[-3000:]
-    assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1,time_warp=0.3.e2.seed5.pt").exists()
+    assert (tmp_path / "work" / "small_depth=1,noise_augment=0.1,time_warp=0.3,rhythm_target=0.5.e2.seed5.pt").exists()
     assert "| (not read) |" in short.stdout and "by sinus rate" not in short.stdout
     missing = run([sys.executable, "bench/bench_short_records.py", "--work", str(tmp_path / "work"), "--model", spec,
                    "--train-seed", "7"])

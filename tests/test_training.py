@@ -399,6 +399,26 @@ def test_time_warped_training_leaves_the_hidden_labels_out_of_a_finite_loss(tmp_
     assert all(math.isfinite(float(r["train_loss"])) for r in read_log(str(tmp_path / "model")))
 
 
+def test_the_rhythm_target_trains_a_second_head_whose_loss_falls_and_the_files_serve_as_before(tmp_path, data_dir,
+                                                                                               monkeypatch):
+    import ecgmamba.train as train
+    from ecgmamba import inference
+    from ecgmamba.records import LEAD_SETS
+
+    seen, real = [], train.rhythm_loss
+    monkeypatch.setattr(train, "rhythm_loss", lambda p, t: seen.append((real(p, t).item(), int((~t.isnan()).sum())))
+                        or real(p, t))
+    train.training_code(data_dir, str(tmp_path / "model"), tiny_config(rhythm_target=1.0, epochs=3, lr=1e-2))
+    assert seen and all(math.isfinite(loss) for loss, _ in seen) and sum(n for _, n in seen) > len(seen)
+    third = len(seen) // 3
+    assert np.mean([loss for loss, _ in seen[-third:]]) < np.mean([loss for loss, _ in seen[:third]])
+    for leads in (LEAD_SETS[0], LEAD_SETS[-1]):
+        loaded = inference.load_model(str(tmp_path / "model"), leads, device="cpu").network
+        assert loaded.config.rhythm_head and loaded.rhythm_head is not None
+    with pytest.raises(ValueError, match="rhythm_target"):
+        tiny_config(rhythm_target=-1.0).resolved()
+
+
 def test_activation_checkpointing_on_trains_through_the_recomputing_wrapper(tmp_path, data_dir, monkeypatch):
     import ecgmamba.model as model_module
     import ecgmamba.train as train

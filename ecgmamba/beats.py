@@ -30,8 +30,6 @@ def detect_beats(crop, fs):
     energy = np.square(np.diff(crop, axis=1)).sum(axis=0)
     width = max(1, int(round(SMOOTH_SECONDS * fs)))
     energy = np.convolve(energy, np.ones(width, dtype=np.float32) / width, mode="same")
-    if not np.any(energy > 0):
-        return np.zeros(0, dtype=np.int64)
     # Every hump at least MIN_RR apart is a candidate (QRS complexes, T waves, noise); the beats are those near the
     # level of the strong ones, a high percentile of the candidates' heights rather than their maximum, so that a
     # premature beat of eight times the energy or one artefact does not hide the others.

@@ -774,8 +774,10 @@ def train_phase(name, model, leads, mask_lead_sets, val_lead_sets, epochs, cache
                 x = x.to(device, non_blocking=True).float()
                 y = y.to(device, non_blocking=True)
                 with autocast(device, config.precision):
-                    out = train_model(x, valid, with_rhythm=True) if rhythm else train_model(x, valid)
-                logits, predicted = out if rhythm else (out, None)
+                    if rhythm:
+                        logits, predicted = train_model(x, valid, with_rhythm=True)
+                    else:
+                        logits = train_model(x, valid)
                 loss = classification_loss(logits.float(), y, config.loss, pos_weight)
                 if rhythm:
                     loss = loss + config.rhythm_target * rhythm_loss(predicted.float(), rhythm[0].to(device))

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ecgmamba.beats import RR_FEATURES, rr_features
 from ecgmamba.selective_scan import pick_backend, selective_scan_fn
 
 
@@ -53,6 +54,9 @@ class ModelConfig:
     head_hidden: int = 0             # 0: a linear head; n: one hidden layer of n units (GELU) between pool and classes
     rhythm_head: bool = False        # a second linear head on the pooled feature, predicting the input's RR-interval
                                      # variability (beats.py): a training target only (train.py's rhythm_target)
+    rr_features: bool = False        # add to each token the RR interval it lies in, read from the input by
+                                     # beats.rr_features' QRS detector (needs sampling_rate)
+    sampling_rate: int = 0           # the input's rate in Hz (training sets it); 0: not recorded
 
     def to_dict(self):
         d = asdict(self)
@@ -378,6 +382,9 @@ class ECGMamba(nn.Module):
         self.head = (nn.Linear(width, c.num_classes) if c.head_hidden == 0 else
                      nn.Sequential(nn.Linear(width, c.head_hidden), nn.GELU(), nn.Linear(c.head_hidden, c.num_classes)))
         self.rhythm_head = nn.Linear(width, 1) if c.rhythm_head else None
+        if c.rr_features and c.sampling_rate <= 0:
+            raise ValueError("rr_features needs the input's sampling_rate (Hz) to find the beats")
+        self.rr_proj = nn.Linear(RR_FEATURES, c.d_model) if c.rr_features else None
         self._init_weights()
         if self.rhythm_head is not None:  # start near a sinus rhythm's log variability (beats.py), not at 0
             nn.init.constant_(self.rhythm_head.bias, -3.5)
@@ -433,6 +440,11 @@ class ECGMamba(nn.Module):
         forward: the backward scan reads each row's own tokens before its padding (reversal_index)."""
         tokens = self.stem(signal).transpose(1, 2)                      # (B, L, d_model)
         batch, length, _ = tokens.shape
+        if self.rr_proj is not None:  # each token also reads the RR interval at its centre
+            rr = rr_features(signal, self.config.sampling_rate, valid_samples)       # (B, RR_FEATURES, n)
+            centres = torch.as_tensor(token_centres(self.config, length), device=signal.device)
+            at = centres.round().long().clamp(0, signal.shape[-1] - 1)
+            tokens = tokens + self.rr_proj(rr[:, :, at].transpose(1, 2).to(self.rr_proj.weight.dtype)).to(tokens.dtype)
         position = self.token_position(length)
         if position is not None:
             cls = self.cls_token.expand(batch, -1, -1).to(tokens.dtype)

@@ -942,6 +942,7 @@ def training_code(data_directory, model_directory, config=None, lead_sets=LEAD_S
     table = load_scoring("2021")
     model_config.num_classes = table.num_classes
     model_config.rhythm_head = model_config.rhythm_head or config.rhythm_target > 0
+    model_config.sampling_rate = preprocess.target_fs  # what rr_features reads the beats at
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     work = config.work_directory or model_directory

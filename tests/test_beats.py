@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ecgmamba.augment import time_warp
-from ecgmamba.beats import FLOOR, MIN_INTERVALS, detect_beats, rhythm_target, rr_variability
+from ecgmamba.beats import FLOOR, MIN_INTERVALS, beat_mask, detect_beats, rhythm_target, rr_features, rr_variability
 from ecgmamba.cache import build_cache
 from ecgmamba.metrics import compute_auc
 from ecgmamba.model import ECGMamba, preset_config
@@ -108,3 +108,55 @@ def test_the_rhythm_head_is_an_extra_output_and_leaves_the_class_logits_alone():
     assert rhythm.shape == (3,) and torch.allclose(logits, plain(x)) and torch.allclose(headed(x), plain(x))
     with pytest.raises(ValueError, match="rhythm_head"):
         plain(x, with_rhythm=True)
+
+
+def test_the_batched_torch_detector_finds_the_same_beats_as_detect_beats():
+    crops = [hard_record(seed)[0] for seed in range(12)]
+    n = min(c.shape[1] for c in crops)
+    batch = torch.from_numpy(np.stack([c[:, :n] for c in crops]).astype(np.float32))
+    found = beat_mask(batch, FS)
+    recall, precision = [], []
+    for crop, row in zip(batch.numpy(), found):
+        ours, theirs = torch.nonzero(row).flatten().numpy(), detect_beats(crop, FS)
+        distance = np.abs(theirs[:, None] - ours[None, :])
+        recall.append(np.mean(distance.min(1) <= 2))
+        precision.append(np.mean(distance.min(0) <= 2))
+    assert np.mean(recall) > 0.97 and np.mean(precision) > 0.97
+
+
+def test_rr_features_measure_intervals_relative_to_the_median_and_ignore_padding():
+    crop, _, truth = hard_record(7, [SR])
+    n = crop.shape[1]
+    padded = torch.zeros(2, 12, n + 800)
+    padded[0, :, :n] = torch.from_numpy(crop)
+    padded[1, :, :n] = torch.from_numpy(crop)
+    features = rr_features(padded, FS, valid_samples=torch.tensor([n, n]))
+    alone = rr_features(torch.from_numpy(crop)[None], FS)
+    assert torch.allclose(features[0, :, :n], alone[0], atol=1e-6)   # padding changes nothing
+    assert torch.all(features[:, :, n:] == 0)                       # and is not read
+    inside = features[0, 2] > 0
+    assert inside.float().mean() > 0.7                               # most of a 10 s record lies between beats
+    median_rr = np.median(np.diff(truth)) / FS
+    assert abs(float(features[0, 1][inside].exp().median()) - median_rr) < 0.05
+    assert float(features[0, 0][inside].abs().max()) < 0.3           # sinus rhythm: every interval near the median
+    two_leads = padded.clone()
+    two_leads[:, 2:] = 0                                             # leads I and II alone: still the beats
+    assert (rr_features(two_leads, FS, torch.tensor([n, n]))[0, 2] > 0).float().mean() > 0.7
+
+
+def test_a_network_with_rr_features_needs_a_rate_reads_any_length_and_adds_only_the_features():
+    with pytest.raises(ValueError, match="sampling_rate"):
+        ECGMamba(preset_config("small", rr_features=True, depth=1))
+    torch.manual_seed(0)
+    model = ECGMamba(preset_config("small", rr_features=True, sampling_rate=FS, depth=1)).eval()
+    crop = torch.from_numpy(hard_record(3)[0])[None]
+    with torch.no_grad():
+        padded = model(torch.cat([crop, torch.zeros(1, 12, 1000)], dim=-1), torch.tensor([crop.shape[-1]]))
+        short = model(crop[..., :100])                               # shorter than one beat: no interval
+    assert torch.isfinite(padded).all() and torch.isfinite(short).all()
+    with torch.no_grad():
+        model.rr_proj.weight.zero_()
+        model.rr_proj.bias.zero_()
+        plain = ECGMamba(preset_config("small", depth=1)).eval()
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("rr_proj")})
+        assert torch.allclose(model(crop), plain(crop), atol=1e-5)   # the features are all it adds

@@ -1,10 +1,13 @@
-"""Beat times and RR-interval variability read from a preprocessed crop: an auxiliary training target.
+"""Beat times and RR intervals read from a preprocessed signal: an auxiliary training target (numpy, per crop) and
+the network's RR-interval input (torch, batched, in the forward pass).
 
 Sinus arrhythmia is a rhythm measurement (the RR interval swinging with breathing by more than normal heart-rate
 variability), yet the labels only say yes or no. On the hard benchmark the networks order the modulation's depth
 almost perfectly within one patient but their SA score's level drifts between patients with the heart rate
 (bench/RESULTS.md), which a yes/no label cannot correct. A continuous target, the crop's own RR variability, asks
-the pooled feature to carry that measurement at every rate (train.py's `rhythm_target`).
+the pooled feature to carry that measurement at every rate (train.py's `rhythm_target`). The input goes further:
+each token is told the RR interval it lies in, relative to the record's median (model.py's `rr_features`), so the
+recurrence reads the rhythm's swing directly instead of inferring beat times from the waveform.
 
 The detector needs no labels and no beat annotations, so it serves the public data as well as the synthetic: the
 QRS complexes are where the summed squared slope of the present leads peaks. It is meant to be robust on

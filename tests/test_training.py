@@ -68,6 +68,7 @@ def test_model_folder_has_every_lead_set_in_safetensors_and_json(trained_model):
             meta = json.load(f)
         assert meta["leads"] == list(leads) and len(meta["classes"]) == len(meta["thresholds"]) == 26
         assert meta["model"]["num_leads"] == len(leads)
+        assert meta["model"]["rr_features"] and meta["model"]["sampling_rate"] == 250  # the rate beats are read at
     rows = read_log(trained_model)
     assert [r["epoch"] for r in rows] == ["1"] and os.path.isfile(os.path.join(trained_model, "learning_curve.png"))
 

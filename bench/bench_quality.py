@@ -133,7 +133,6 @@ def build_model(spec, num_classes):
                                                               **training}, preprocessing)
     if training.get("rhythm_target", 0) > 0:  # the auxiliary target needs its head, as training_code builds it
         values["rhythm_head"] = True
-    values.setdefault("sampling_rate", PRESET_SAMPLING_RATES[preset])  # as training_code records it
     return ECGMamba(preset_config(preset, num_classes=num_classes, **values)), preset, training, preprocessing
 
 

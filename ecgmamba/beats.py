@@ -65,6 +65,13 @@ RR_FEATURES = 3          # per sample: log(RR / record's median RR), log(RR / 1 
 RR_CLAMP = 1.5           # the log ratios are clipped to +-this (a missed beat or a long pause is not an outlier)
 
 
+def _signal_mask(valid_samples, batch, n, device):
+    """(B, n) bool: True on signal, False on the zero padding from valid_samples (B,) on; all True for None."""
+    if valid_samples is None:
+        return torch.ones(batch, n, dtype=torch.bool, device=device)
+    return torch.arange(n, device=device)[None, :] < torch.as_tensor(valid_samples, device=device).reshape(-1, 1)
+
+
 @torch.no_grad()
 def beat_mask(signal, fs, valid_samples=None):
     """detect_beats in torch, batched and on the signal's device (no host round trip in a forward pass), with the
@@ -73,11 +80,8 @@ def beat_mask(signal, fs, valid_samples=None):
     highest within MIN_RR_SECONDS either side and at least PEAK_FRACTION of the 90th percentile of such humps."""
     x = signal.float()
     batch, _, n = x.shape
-    device = x.device
-    steps = torch.arange(n, device=device)
-    valid = (torch.ones(batch, n, dtype=torch.bool, device=device) if valid_samples is None else
-             steps[None, :] < torch.as_tensor(valid_samples, device=device).reshape(-1, 1))
-    energy = torch.zeros(batch, n, device=device)
+    valid = _signal_mask(valid_samples, batch, n, x.device)
+    energy = torch.zeros(batch, n, device=x.device)
     if n > 1:  # the step from the last sample onto zero padding is not a slope
         energy[:, 1:] = torch.diff(x, dim=-1).square().sum(dim=1) * valid[:, 1:]
     width = max(1, int(round(SMOOTH_SECONDS * fs))) | 1  # odd, so the smoothing keeps the length and the centre
@@ -99,8 +103,7 @@ def rr_features(signal, fs, valid_samples=None):
     beat = beat_mask(signal, fs, valid_samples)
     batch, n = beat.shape
     steps = torch.arange(n, device=beat.device)
-    valid = (torch.ones_like(beat) if valid_samples is None else
-             steps[None, :] < torch.as_tensor(valid_samples, device=beat.device).reshape(-1, 1))
+    valid = _signal_mask(valid_samples, batch, n, beat.device)
     # The beats at or before each sample and after it: running max / min of the beat positions.
     last = torch.where(beat, steps, torch.full_like(steps, -1)).cummax(dim=1).values
     following = torch.where(beat, steps, torch.full_like(steps, n)).flip(1).cummin(dim=1).values.flip(1)

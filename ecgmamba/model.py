@@ -89,16 +89,17 @@ class ModelConfig:
 # interval it lies in (rr_features): at the two training seeds that fell short of the sinus-arrhythmia goal,
 # SA AUPRC went from 0.813 and 0.867 to 0.991 and 0.983 (12 leads, bench/RESULTS.md).
 # `large`: `paper`'s width and depth with `small`'s whole-record design, for GPUs (500 Hz, 4096-sample shortest
-# input, "stats" pooling, no position embedding, RR-interval input); its GPU figures are still to be taken (bench/RESULTS.md).
+# input, "stats" pooling, no position embedding, RR-interval input); its GPU figures are still to be taken
+# (bench/RESULTS.md).
 PRESETS = {
     "paper": dict(num_samples=8192, d_model=384, depth=24, stem_channels=128,
                   stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 100)),
     "small": dict(num_samples=2048, d_model=128, depth=4, stem_channels=64,
                   stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 7), drop_path=0.05,
-                  cls_token="none", pooling="stats", position="none", rr_features=True, sampling_rate=250),
+                  cls_token="none", pooling="stats", position="none", rr_features=True),
     "large": dict(num_samples=4096, d_model=384, depth=24, stem_channels=128,
                   stem_kernels=(14, 15), stem_strides=(3, 4), stem_paddings=(2, 7),
-                  cls_token="none", pooling="stats", position="none", rr_features=True, sampling_rate=500),
+                  cls_token="none", pooling="stats", position="none", rr_features=True),
 }
 POOLING_WIDTH = {"mean": 1, "mean+max": 1, "concat": 2, "stats": 3}  # the head's input, in d_model
 PRESET_SAMPLING_RATES = {"paper": 500, "small": 250, "large": 500}
@@ -107,7 +108,7 @@ PRESET_SAMPLING_RATES = {"paper": 500, "small": 250, "large": 500}
 def preset_config(name, **overrides):
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return ModelConfig(**{**PRESETS[name], **overrides})
+    return ModelConfig(**{**PRESETS[name], "sampling_rate": PRESET_SAMPLING_RATES[name], **overrides})
 
 
 def stem_output_length(config, num_samples=None):
